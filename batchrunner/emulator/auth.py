@@ -1,0 +1,125 @@
+"""API keys the way Stripe takes them: Bearer or Basic, four key shapes, mode from the key.
+
+``Authorization: Bearer sk_test_...`` and ``Authorization: Basic base64("sk_test_...:")``
+(the key as user name, password ignored) both work. A key is ``sk_test_``, ``sk_live_``,
+``rk_test_`` or ``rk_live_`` followed by letters and digits; its ``_live_``/``_test_``
+decides ``livemode``, and the emulator's objects live per mode. A missing, malformed or
+unknown key gets Stripe's 401 message, with the key masked by
+:func:`batchrunner.errors.mask_secret` (never echoed whole).
+"""
+
+from __future__ import annotations
+
+import binascii
+import random
+import string
+from base64 import b64decode
+from dataclasses import dataclass
+from typing import Final
+
+from batchrunner.errors import ConfigError, mask_secret
+
+KEY_PREFIXES: Final = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+_KEY_CHARS: Final = frozenset(string.ascii_letters + string.digits)
+_ALPHABET: Final = string.ascii_letters + string.digits
+
+MISSING_KEY_MESSAGE: Final = (
+    "You did not provide an API key. You need to provide your API key in the Authorization "
+    "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
+    "https://stripe.com/docs/api#authentication for details, or we can help at "
+    "https://support.stripe.com/."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who is calling: the key used and the mode it selects."""
+
+    api_key: str
+    livemode: bool
+
+    @property
+    def mode(self) -> str:
+        """``"live"`` or ``"test"``."""
+        return "live" if self.livemode else "test"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """Why a request was refused with 401 (the message is safe to send back)."""
+
+    message: str
+
+
+def key_livemode(key: str) -> bool | None:
+    """``True``/``False`` for a well-shaped live/test key, ``None`` for any other string."""
+    for prefix in KEY_PREFIXES:
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if rest and _KEY_CHARS.issuperset(rest):
+                return "_live_" in prefix
+            return None
+    return None
+
+
+def default_keys(seed: int) -> tuple[str, str]:
+    """The emulator's default (test, live) secret keys, the same for the same seed."""
+    rng = random.Random(f"emulator-keys:{seed}")
+    test = "sk_test_emu" + "".join(rng.choices(_ALPHABET, k=24))
+    live = "sk_live_emu" + "".join(rng.choices(_ALPHABET, k=24))
+    return test, live
+
+
+def credential(authorization: str | None) -> str | None:
+    """The key carried by an ``Authorization`` header (Bearer, or Basic with the key as user)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == "bearer":
+        return value or None
+    if scheme == "basic":
+        try:
+            decoded = b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return value or None
+        user, _, _password = decoded.partition(":")
+        return user or None
+    return authorization.strip() or None
+
+
+class Authenticator:
+    """Check ``Authorization`` headers against the configured keys (valid headers cached)."""
+
+    __slots__ = ("_accounts", "_cache")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        accounts: dict[str, Account] = {}
+        for key in keys:
+            livemode = key_livemode(key)
+            if livemode is None:
+                shapes = ", ".join(p + "..." for p in KEY_PREFIXES)
+                raise ConfigError(f"API key {mask_secret(key)} is not shaped like {shapes}")
+            accounts[key] = Account(api_key=key, livemode=livemode)
+        if not accounts:
+            raise ConfigError("the emulator needs at least one API key")
+        self._accounts = accounts
+        # Header value -> account, for headers that authenticated (bounded by the keys).
+        self._cache: dict[str, Account] = {}
+
+    def authenticate(self, authorization: str | None) -> Account | AuthFailure:
+        """The account for a header, or the 401 reason."""
+        if authorization is not None:
+            hit = self._cache.get(authorization)
+            if hit is not None:
+                return hit
+        key = credential(authorization)
+        if key is None:
+            return AuthFailure(MISSING_KEY_MESSAGE)
+        account = self._accounts.get(key)
+        if account is None:
+            return AuthFailure(f"Invalid API Key provided: {mask_secret(key)}")
+        if len(self._cache) < 1024:
+            self._cache[authorization or ""] = account
+        return account
