@@ -79,6 +79,8 @@ _UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
 COLUMN_TYPES: Final = (
     "bigint",
     "boolean",
+    "char",
+    "char(n)",
     "date",
     "decimal(p,s)",
     "double",
@@ -94,7 +96,8 @@ COLUMN_TYPES: Final = (
 """The Trino type names ``[job.types]`` accepts (case and spaces are normalised)."""
 
 _SIMPLE_TYPES: Final = frozenset(t for t in COLUMN_TYPES if "(" not in t)
-_SIZED_TYPE = re.compile(r"(decimal|varchar|timestamp)\((\d+)(?:,(\d+))?\)")
+_TYPE_ALIASES: Final = {"int": "integer"}  # Trino accepts INT for INTEGER
+_SIZED_TYPE = re.compile(r"(decimal|varchar|char|timestamp)\((\d+)(?:,(\d+))?\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,7 @@ def parse_duration(value: object) -> float:
 def normalize_column_type(name: str) -> str:
     """The canonical spelling of a Trino column type name, or :class:`ValueError`."""
     compact = "".join(name.split()).lower()
+    compact = _TYPE_ALIASES.get(compact, compact)
     if compact in _SIMPLE_TYPES:
         return compact
     if m := _SIZED_TYPE.fullmatch(compact):
@@ -215,8 +219,8 @@ def normalize_column_type(name: str) -> str:
             if 1 <= first <= 38 and 0 <= scale <= first:
                 return f"decimal({first},{scale})"
         elif second is None:
-            if kind == "varchar" and first >= 1:
-                return f"varchar({first})"
+            if kind in ("varchar", "char") and first >= 1:
+                return f"{kind}({first})"
             if kind == "timestamp" and first <= 9:
                 return f"timestamp({first})"
     choices = sorted(_SIMPLE_TYPES)
@@ -320,15 +324,8 @@ def _parse_period_axis(
             prefix + "every",
         )
     for key in ("start", "end"):
-        if not isinstance(raw[key], str | date) or isinstance(raw[key], datetime):
-            where.fail(
-                "expected a date (2023-01-01) or a string like '2023', '2023-Q1', '2023-01', "
-                "'2023-W05', '2023-01-05'",
-                prefix + key,
-            )
-    for key in ("start", "end"):
         try:
-            parse_bound(raw[key])
+            parse_bound(raw[key])  # first, to name the bound at fault
         except (ValueError, TypeError) as exc:
             where.fail(str(exc), prefix + key)
     try:
@@ -587,7 +584,7 @@ def expand(spec: JobSpec) -> list[Job]:
     output_template = _parse_output(output_text, where)
 
     jobs: list[Job] = []
-    written: dict[str, str] = {}
+    written: dict[str, tuple[str, str]] = {}
     for combination in itertools.product(*(axis.points for axis in spec.grid)):
         values: dict[str, ParamValue] = dict(spec.params)
         for point in combination:
@@ -607,15 +604,18 @@ def expand(spec: JobSpec) -> list[Job]:
                 )
             except (ValueError, TypeError) as exc:
                 where.fail(f"job {job_id}: {exc}", "output")
-            key = output.as_posix().casefold()
+            shown = output.as_posix()
+            key = shown.casefold()
             if key in written:
+                other_id, other_path = written[key]
+                also = f" and {shown}" if other_path != shown else ""
+                case = " (paths differing only in letter case count as one)" if also else ""
                 where.fail(
-                    f"jobs {written[key]!r} and {job_id!r} would both write {output.as_posix()}"
-                    " (paths differing only in letter case count as the same); put every grid "
-                    "axis, and {repeat} when repeat > 1, in the output template",
+                    f"jobs {other_id!r} and {job_id!r} would both write {other_path}{also}{case}"
+                    "; put every grid axis, and {repeat} when repeat > 1, in the output template",
                     "output",
                 )
-            written[key] = job_id
+            written[key] = (job_id, shown)
             jobs.append(
                 Job(
                     id=job_id,

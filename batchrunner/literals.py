@@ -121,7 +121,7 @@ class TemplateError(ValueError):
     """A template that cannot be parsed or filled; names the line and column."""
 
     def __init__(self, message: str, *, line: int | None = None, column: int | None = None):
-        where = f" (line {line}, column {column})" if line is not None else ""
+        where = f" (line {line}, column {column} of the template)" if line is not None else ""
         super().__init__(message + where)
         self.line = line
         self.column = column

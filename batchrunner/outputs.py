@@ -89,6 +89,8 @@ def atomic_output(final: Path) -> Iterator[Path]:
     removed and the exception re-raised; disk-full and read-only errors, from this function
     or from the writer in the block, are raised as :class:`OutputError`.
 
+    It blocks (fsync): async code runs the whole block in a worker thread.
+
     Example::
 
         with atomic_output(out / "2024-01.parquet") as tmp:

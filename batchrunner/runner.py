@@ -156,7 +156,8 @@ async def run_jobs(
                 await anyio.to_thread.run_sync(write_json_atomic, options.report_path, report)
             return result
     finally:
-        await anyio.to_thread.run_sync(state.close)
+        with anyio.CancelScope(shield=True):  # release the state lock even when cancelled
+            await anyio.to_thread.run_sync(state.close)
 
 
 def _write_manifest(out_dir: Path, jobs: Sequence[Job], state: StateStore) -> None:

@@ -25,8 +25,8 @@ seed and the order of events, never on the other kinds' rates.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields, replace
-from typing import Final, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal
 
 from batchrunner.errors import ConfigError
 
@@ -94,7 +94,7 @@ class FaultSpec:
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
         """Parse ``"preset,kind=rate,..."``; later items override earlier ones."""
-        spec = cls()
+        values: dict[str, Any] = {}
         for raw in text.split(","):
             item = raw.strip()
             if not item:
@@ -106,26 +106,21 @@ class FaultSpec:
                     known = ", ".join(sorted(PRESETS))
                     raise ConfigError(f"unknown fault preset {name!r} (known: {known})")
                 preset = PRESETS[name]
-                spec = replace(
-                    spec, **{f: getattr(preset, f) for f in _RATE_FIELDS.values()}
-                )
-                continue
-            if name in _RATE_FIELDS:
+                values.update({f: getattr(preset, f) for f in _RATE_FIELDS.values()})
+            elif name in _RATE_FIELDS:
                 try:
-                    rate = float(value)
+                    values[_RATE_FIELDS[name]] = float(value)
                 except ValueError:
                     raise ConfigError(f"fault rate {item!r} is not a number") from None
-                spec = replace(spec, **{_RATE_FIELDS[name]: rate})
             elif name in _INT_FIELDS:
                 try:
-                    number = int(value)
+                    values[_INT_FIELDS[name]] = int(value)
                 except ValueError:
                     raise ConfigError(f"fault setting {item!r} is not an integer") from None
-                spec = replace(spec, **{_INT_FIELDS[name]: number})
             else:
                 known = ", ".join([*FAULT_KINDS, *_INT_FIELDS])
                 raise ConfigError(f"unknown fault kind {name!r} (known: {known})")
-        return spec
+        return cls(**values)
 
     def rate(self, kind: str) -> float:
         """The probability of ``kind`` (one of :data:`FAULT_KINDS`)."""

@@ -89,7 +89,10 @@ class RateLimiter:
             True: SlidingWindow(limits.live_global),
             False: SlidingWindow(limits.test_global),
         }
-        self._files = {True: SlidingWindow(limits.files_reads), False: SlidingWindow(limits.files_reads)}
+        self._files = {
+            True: SlidingWindow(limits.files_reads),
+            False: SlidingWindow(limits.files_reads),
+        }
         self._endpoint: dict[tuple[bool, str], SlidingWindow] = {}
 
     def admit_api(self, livemode: bool, endpoint: str) -> bool:

@@ -441,7 +441,9 @@ class RunEngine:
             run.set_status("running")
             self._tg.start_soon(self._execute, run, name=f"query run {run.id}")
 
-    def _finish(self, run: QueryRun, *, error: str | None = None, file_id: str | None = None) -> None:
+    def _finish(
+        self, run: QueryRun, *, error: str | None = None, file_id: str | None = None
+    ) -> None:
         run.finalized_at = max(self._clock(), run.created)
         run.error = error
         run.file_id = file_id
