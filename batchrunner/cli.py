@@ -25,8 +25,15 @@ from batchrunner.progress import ProgressDisplay
 from batchrunner.runner import DEFAULT_KEY_ENV, RunOptions, api_key_from_env, run_jobs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+def _console(*, stderr: bool) -> Console:
+    """A console that wraps to the terminal, or writes long lines when piped to a file."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 200
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
 
 
 def _die(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -189,7 +196,7 @@ def run(
 
 def _run_with_progress(jobs: Sequence[Any], options: RunOptions) -> RunResult:
     def announce(line: str) -> None:
-        err.print(line, markup=False)
+        err.print(line, markup=False, soft_wrap=True)
 
     with ProgressDisplay(len(jobs)) as progress:
 
@@ -358,6 +365,28 @@ def status(out_dir: str, state_path: str | None, only_failed: bool) -> None:
 @click.option("--no-rate-limits", is_flag=True, help="Switch Stripe's rate limits off.")
 @click.option("--max-concurrent-runs", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--run-time-base",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Modelled seconds every run takes before the per-row part (then × --time-scale).",
+)
+@click.option(
+    "--run-time-jitter",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    help="Run times vary by a factor drawn from U(1 - J, 1 + J).",
+)
+@click.option(
+    "--slow-run-fraction",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1),
+    help="Share of runs (chosen by --seed) that take --slow-run-factor times longer.",
+)
+@click.option("--slow-run-factor", default=10.0, show_default=True, type=click.FloatRange(min=1))
+@click.option(
     "--success-status",
     type=click.Choice(["succeeded", "completed"]),
     default="succeeded",
@@ -375,6 +404,10 @@ def emulator(
     api_keys: tuple[str, ...],
     no_rate_limits: bool,
     max_concurrent_runs: int,
+    run_time_base: float,
+    run_time_jitter: float,
+    slow_run_fraction: float,
+    slow_run_factor: float,
     success_status: str,
     bom: bool,
 ) -> None:
@@ -390,7 +423,7 @@ def emulator(
     with _errors_to_exit_codes():
         try:
             spec = FaultSpec.parse(faults)
-        except ValueError as exc:
+        except (ValueError, BatchrunnerError) as exc:
             raise click.BadParameter(str(exc), param_hint="--faults") from exc
         config = EmulatorConfig(
             host=host,
@@ -403,6 +436,10 @@ def emulator(
             api_keys=api_keys,
             rate_limits=RateLimits(enabled=not no_rate_limits),
             max_concurrent_runs=max_concurrent_runs,
+            run_time_base_s=run_time_base,
+            run_time_jitter=run_time_jitter,
+            slow_run_fraction=slow_run_fraction,
+            slow_run_factor=slow_run_factor,
             success_status="completed" if success_status == "completed" else "succeeded",
             csv_bom=bom,
         )

@@ -13,6 +13,10 @@ Every column is pinned to an explicit type before the full read starts, because 
 streaming reader fixes its types from the first block and fails millions of rows later when
 a later block disagrees (PERFORMANCE-NOTES). A later value can still contradict a type chosen
 by rule 2 or 3; the converter then re-reads with that column ``widened`` to string.
+
+Inference cannot see past its sample: a later value that pyarrow parses but the strict patterns
+would have refused (``007`` in a column inferred as integer) is read as the number. Give the
+job a ``varchar`` type for such columns.
 """
 
 from __future__ import annotations

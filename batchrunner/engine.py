@@ -447,9 +447,10 @@ def _convert_and_publish(
 ) -> ConvertResult:
     """In a worker thread: CSV → Parquet under a temporary name, then rename into place."""
     with atomic_output(final) as tmp:
-        return convert_csv_to_parquet(
+        result = convert_csv_to_parquet(
             csv_path, tmp, column_types=job.column_types, sql=job.sql, cancel=cancel
         )
+    return result
 
 
 async def _run_cancellable(fn: Callable[..., T], *, limiter: anyio.CapacityLimiter) -> T:
@@ -469,6 +470,7 @@ async def _run_cancellable(fn: Callable[..., T], *, limiter: anyio.CapacityLimit
     async with anyio.create_task_group() as tg:
         tg.start_soon(set_on_cancel)
         try:
-            return await anyio.to_thread.run_sync(partial(fn, cancel=cancel), limiter=limiter)
+            result = await anyio.to_thread.run_sync(partial(fn, cancel=cancel), limiter=limiter)
         finally:
             tg.cancel_scope.cancel()
+    return result

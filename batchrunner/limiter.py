@@ -8,8 +8,9 @@ requests evenly at the configured rate with no burst. On top of it:
 - **priority**: polls of running queries go ahead of new submissions, so a flood of
   submissions can never starve the polls (at most one low-priority request waits
   inside the bucket at a time);
-- **adaptive slow-down**: a 429 halves the pace; every quiet second afterwards wins
-  back a tenth of the configured rate until it is restored.
+- **adaptive slow-down**: a 429 halves the pace (at most once a second, never below a
+  quarter of the configured rate, so a burst of 429s cannot stall the run); every quiet
+  second afterwards wins back a tenth of the configured rate until it is restored.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Pacer:
         self.name = name
         self.configured_rate = rate
         self.rate = rate
-        self.min_rate = min_rate if min_rate is not None else max(rate / 16, 0.5)
+        self.min_rate = min_rate if min_rate is not None else rate / 4
         self._bucket = _AdjustableLimiter(1, 1.0 / rate)
         self._low_gate = anyio.Lock()
         self._high_waiting = 0
@@ -93,9 +94,9 @@ class Pacer:
         self.acquired += 1
 
     def slow_down(self) -> None:
-        """A 429 came back: halve the pace (at most once per pacing interval)."""
+        """A 429 came back: halve the pace (at most once a second: one burst, one step)."""
         now = self._clock()
-        if now - self._last_slowdown < 1.0 / self.rate:
+        if now - self._last_slowdown < 1.0:
             return
         self._last_slowdown = now
         self._last_recovery = now

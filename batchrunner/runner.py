@@ -31,6 +31,7 @@ from batchrunner.limiter import RateConfig
 from batchrunner.outputs import Manifest, ManifestEntry, write_json_atomic
 from batchrunner.polling import PollPolicy
 from batchrunner.report import build_report
+from batchrunner.retry import RetryPolicy
 from batchrunner.state import StateStore
 
 DEFAULT_KEY_ENV = "STRIPE_API_KEY"
@@ -58,6 +59,7 @@ class RunOptions:
     files_base: str = STRIPE_FILES_BASE
     report_path: Path | None = None
     poll: PollPolicy = PollPolicy()
+    retry: RetryPolicy = RetryPolicy()
     emulator_scale: float = 1.0
 
     @property
@@ -82,6 +84,7 @@ async def open_api(
                 api_base=options.api_base,
                 files_base=options.files_base,
                 rate=RateConfig.for_key(options.api_key, rate=options.rate),
+                retry=options.retry,
             )
         else:
             from batchrunner.emulator import EmulatorConfig, serve_emulator
@@ -99,6 +102,7 @@ async def open_api(
                 api_base=emulator.api_base,
                 files_base=emulator.files_base,
                 rate=RateConfig.for_key(key, rate=options.rate),
+                retry=options.retry,
             )
         yield await stack.enter_async_context(SigmaClient(config))
 

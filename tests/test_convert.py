@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrunner import convert
+from batchrunner.coltypes import arrow_type, sigma_column_types
 from batchrunner.convert import ConvertResult, convert_csv_to_parquet, read_header
+from batchrunner.emulator.warehouse import Warehouse
 from batchrunner.errors import ConversionError, OutputError
 
 TS = pa.timestamp("ms", tz="UTC")
@@ -333,7 +335,7 @@ def test_output_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         synced.append(os.fstat(fd).st_size)
         real_fsync(fd)
 
-    monkeypatch.setattr(convert.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     result, _ = run(tmp_path, "a\n1\n")
     assert synced == [result.parquet_bytes]
 
@@ -484,3 +486,32 @@ def test_cancel_already_set_raises_before_reading(tmp_path: Path) -> None:
     cancel.set()
     with pytest.raises(ConversionError, match="cancelled"):
         convert_csv_to_parquet(src, tmp_path / "out.parquet", cancel=cancel)
+
+
+# --- the emulator's CSV ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "bom"),
+    [
+        ("select * from balance_transactions", False),
+        ("select * from charges", True),
+        ("select c.id, c.amount / 100.0 as dollars, c.created, c.paid from charges c", False),
+    ],
+)
+def test_emulator_results_land_with_sigma_types(
+    tmp_path: Path, emulator_warehouse: Warehouse, sql: str, bom: bool
+) -> None:
+    """A result CSV from the emulator converts with every published column's Sigma type."""
+    src = tmp_path / "result.csv"
+    written = emulator_warehouse.execute_to_csv(sql, src, bom=bom)
+    result = convert_csv_to_parquet(src, tmp_path / "out.parquet", sql=sql)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert result.rows == written.rows == table.num_rows > 0
+    assert result.columns == written.columns
+    hints = sigma_column_types(sql)
+    assert hints  # the SQL names published columns
+    for name in table.column_names:
+        if name in hints:
+            assert table.schema.field(name).type == arrow_type(hints[name]), name
+    assert result.widened == ()

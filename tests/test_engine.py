@@ -15,18 +15,20 @@ from batchrunner.emulator import EmulatorHandle, FaultSpec
 from batchrunner.engine import JobEvent
 from batchrunner.jobs import load_jobs
 from batchrunner.polling import PollPolicy
+from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_jobs
 from batchrunner.state import JobStatus, StateStore
 
 MakeEmulator = Callable[..., AbstractAsyncContextManager[EmulatorHandle]]
 ROOT = Path(__file__).resolve().parent.parent
 FAST_POLL = PollPolicy(first_s=0.05, factor=1.5, cap_s=0.2, floor_s=0.02)
+FAST_RETRY = RetryPolicy(max_attempts=10, base_s=0.01, cap_s=0.05, floor_s=0.01)
 
 
 def options(emu: EmulatorHandle, out: Path, **overrides: Any) -> RunOptions:
     settings: dict[str, Any] = {
         "out_dir": out, "api_key": emu.test_key, "api_base": emu.api_base,
-        "files_base": emu.files_base, "rate": 500.0, "poll": FAST_POLL,
+        "files_base": emu.files_base, "rate": 500.0, "poll": FAST_POLL, "retry": FAST_RETRY,
     }
     settings.update(overrides)
     return RunOptions(**settings)

@@ -253,7 +253,7 @@ def test_joda_to_strftime(joda: str, strftime: str) -> None:
         (
             'Binder Error: Table "c" does not have a column named "nope"',
             "select c.nope from charges c",
-            "line 1:10: Column 'c.nope' cannot be resolved",
+            "line 1:8: Column 'c.nope' cannot be resolved",
         ),
         (
             "Conversion Error: Could not convert string 'x' to INT64\n\nLINE 1: ...",

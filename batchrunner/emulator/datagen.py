@@ -278,6 +278,11 @@ def _ts(value: datetime) -> str:
     return f"TIMESTAMP '{value.strftime('%Y-%m-%d %H:%M:%S')}'"
 
 
+def _data(name: str) -> str:
+    """The stored table behind the published view ``name`` (not a published name itself)."""
+    return f'"_data_{name}"'
+
+
 def _create_table_sql(name: str, columns: dict[str, str]) -> str:
     cols = ", ".join(f'"{col}" {_TRINO_TO_DUCKDB[typ]}' for col, typ in columns.items())
     return f'CREATE TABLE "{name}" ({cols});'
@@ -318,7 +323,11 @@ class _Generator:
 
     def run(self) -> None:
         self.sql(
-            "\n".join(_create_table_sql(n, dict(t.columns)) for n, t in sigma_tables().items())
+            "\n".join(
+                _create_table_sql(n, dict(t.columns))
+                for n, t in sigma_tables().items()
+                if n not in POPULATED_TABLES
+            )
         )
         self.macros()
         self.fx()
@@ -330,6 +339,33 @@ class _Generator:
         self.transfers()
         self.balance_transactions()
         self.mrr_events()
+        for name in POPULATED_TABLES:
+            self.publish(name)
+
+    def publish(self, name: str) -> None:
+        """Expose the data table of ``name`` as a view with every published column.
+
+        Only modelled columns are stored; the others are typed NULL constants of the view, which
+        keeps the file small and generation fast (DuckDB pays per stored cell, NULL or not).
+        """
+        stored = {
+            str(col)
+            for (col,) in self.con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [_data(name).strip('"')],
+            ).fetchall()
+        }
+        published = dict(sigma_tables()[name].columns)
+        unknown = stored - published.keys()
+        if unknown:
+            raise AssertionError(f"{name}: columns not in the published schema: {sorted(unknown)}")
+        select = ", ".join(
+            f'CAST("{col}" AS {_TRINO_TO_DUCKDB[typ]}) AS "{col}"'
+            if col in stored
+            else f'CAST(NULL AS {_TRINO_TO_DUCKDB[typ]}) AS "{col}"'
+            for col, typ in published.items()
+        )
+        self.sql(f'CREATE VIEW "{name}" AS SELECT {select} FROM {_data(name)};')
 
     def macros(self) -> None:
         seed = self.seed
@@ -379,7 +415,7 @@ class _Generator:
                {", ".join(f"{expr} AS r_{c}" for c, expr in rate.items())},
                json_object({json_args})::VARCHAR AS rates_json
         FROM range({days}) t(d);
-        INSERT INTO exchange_rates_from_usd BY NAME
+        CREATE TABLE {_data("exchange_rates_from_usd")} AS
         SELECT day AS date, 'usd' AS sell_currency, rates_json AS buy_currency_exchange_rates
         FROM fx_day ORDER BY d;
         """)
@@ -447,7 +483,7 @@ class _Generator:
                (i % 997)::VARCHAR || '@example.com' AS email
         FROM cust_b;
         DROP TABLE cust_a; DROP TABLE cust_b;
-        INSERT INTO customers BY NAME
+        CREATE TABLE {_data("customers")} AS
         SELECT id, created, currency, name, email, {desc} AS description,
                country AS address_country, city AS address_city, street AS address_line1,
                CASE WHEN {self.u("cus.line2", "i")} < 0.1 THEN 'Apt. ' ||
@@ -478,7 +514,7 @@ class _Generator:
         SELECT p, {self.mkid("prod_", "prod.id", "p")} AS id, name, description,
                {_ts(DATA_START)} + to_hours(p::BIGINT) AS created
         FROM (VALUES {", ".join(rows)}) v(p, name, description);
-        INSERT INTO products BY NAME
+        CREATE TABLE {_data("products")} AS
         SELECT id, name, description, created, true AS active, 'service' AS type,
                false AS shippable, {_ts(DATA_LOAD_TIME)} AS batch_timestamp
         FROM prod ORDER BY p;
@@ -507,7 +543,7 @@ class _Generator:
                prod.created + INTERVAL 1 MINUTE AS created
         FROM (VALUES {", ".join(price_rows)}) v(idx, p, iv, currency, unit_amount, nickname)
         JOIN prod USING (p);
-        INSERT INTO prices BY NAME
+        CREATE TABLE {_data("prices")} AS
         SELECT id, product_id, currency, unit_amount, unit_amount::VARCHAR AS unit_amount_decimal,
                nickname, interval AS recurring_interval, 1 AS recurring_interval_count,
                'licensed' AS recurring_usage_type, 'recurring' AS type, true AS active,
@@ -727,7 +763,7 @@ class _Generator:
         blocked = f"{self.u('ch.blocked', 'ch.cidx')} < 0.1"
         guest = "ch.c_i IS NULL"
         self.sql(f"""
-        INSERT INTO charges BY NAME
+        CREATE TABLE {_data("charges")} AS
         SELECT ch.id, ch.created, ch.amount, ch.currency, ch.description,
                ch.c_id AS customer_id, ch.invoice_id, ch.pi_id AS payment_intent,
                CASE WHEN ch.succeeded THEN 'succeeded' ELSE 'failed' END AS status,
@@ -785,7 +821,7 @@ class _Generator:
 
     def insert_payment_intents(self) -> None:
         self.sql(f"""
-        INSERT INTO payment_intents BY NAME
+        CREATE TABLE {_data("payment_intents")} AS
         SELECT ch.pi_id AS id, greatest({_ts(DATA_START)}, ch.created - INTERVAL 2 SECOND) AS created,
                ch.amount, ch.currency, ch.c_id AS customer_id, ch.invoice_id, ch.description,
                CASE WHEN ch.succeeded THEN 'succeeded' ELSE 'requires_payment_method' END AS status,
@@ -825,7 +861,7 @@ class _Generator:
             "'13.7'",
         )
         self.sql(f"""
-        INSERT INTO refunds BY NAME
+        CREATE TABLE {_data("refunds")} AS
         SELECT refund_id AS id, id AS charge_id, refund_at AS created, amount_refunded AS amount,
                currency, refund_bt_id AS balance_transaction_id, {reason} AS reason,
                'succeeded' AS status, pi_id AS refund_payment_intent,
@@ -847,7 +883,7 @@ class _Generator:
                     ELSE 'warning_closed' END AS status,
                {self.mkid("txn_", "txn.id", f"{_PIECE * 5} + cidx")} AS reversal_bt_id
         FROM dispute;
-        INSERT INTO disputes BY NAME
+        CREATE TABLE {_data("disputes")} AS
         SELECT id, charge_id, created, amount, currency, reason, status,
                {network_code} AS network_reason_code, 'visa' AS network_details_type,
                false AS is_charge_refundable,
@@ -874,7 +910,7 @@ class _Generator:
                     WHEN {self.u("inv.void", "inv.inv_key")} < 0.5 THEN 'uncollectible'
                     ELSE 'void' END AS status
         FROM inv LEFT JOIN charge ch ON ch.cidx = {_INVOICE_CHARGE} + inv.inv_key;
-        INSERT INTO invoices BY NAME
+        CREATE TABLE {_data("invoices")} AS
         SELECT id, customer_id, sub_id AS subscription_id, charge_id, currency,
                period_start AS date, period_start, period_end,
                total AS amount_due, CASE WHEN status = 'paid' THEN total ELSE 0 END AS amount_paid,
@@ -905,7 +941,7 @@ class _Generator:
                period_start + INTERVAL 1 MINUTE AS webhooks_delivered_at,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
         FROM inv_final ORDER BY period_start, inv_key;
-        INSERT INTO invoice_line_items BY NAME
+        CREATE TABLE {_data("invoice_line_items")} AS
         SELECT line_id AS id, id AS invoice_id, total AS amount, currency,
                CASE WHEN total = 0 THEN 'Trial period for ' || product_name
                     ELSE quantity::VARCHAR || ' × ' || product_name || ' (' || price_nickname || ')'
@@ -930,7 +966,7 @@ class _Generator:
                arg_max(period_end, k) AS cur_end, arg_max(id, k) AS latest_invoice_id,
                arg_max(status, k) AS last_status
         FROM inv_final GROUP BY i;
-        INSERT INTO subscriptions BY NAME
+        CREATE TABLE {_data("subscriptions")} AS
         SELECT s.id, s.customer_id, s.created, s.created AS start, s.created AS start_date,
                s.price_id, s.price_id AS plan_id, s.quantity,
                CASE WHEN s.ended_at IS NOT NULL THEN 'canceled'
@@ -954,7 +990,7 @@ class _Generator:
                false AS automatic_tax_enabled, 'classic' AS billing_mode_type,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
         FROM sub s LEFT JOIN sub_last l USING (i) ORDER BY s.created, s.i;
-        INSERT INTO subscription_items BY NAME
+        CREATE TABLE {_data("subscription_items")} AS
         SELECT s.item_id AS id, s.id AS subscription_id, s.id AS subscription,
                epoch(s.created)::BIGINT AS created, s.quantity,
                s.price_id, s.price_nickname, s.product_id AS price_product_id,
@@ -985,7 +1021,7 @@ class _Generator:
                CASE WHEN {self.u("tr.group", "i")} < 0.4
                     THEN 'ORDER_' || (10000 + i)::VARCHAR END AS transfer_group
         FROM range({n}) t(i);
-        INSERT INTO transfers BY NAME
+        CREATE TABLE {_data("transfers")} AS
         SELECT id, created, created AS date, amount, 'usd' AS currency, 0 AS amount_reversed,
                false AS reversed, false AS automatic, bt_id AS balance_transaction_id,
                destination_id, transfer_group, 'paid' AS status, 'stripe_account' AS type,
@@ -1055,7 +1091,7 @@ class _Generator:
         SELECT *, {self.mkid("po_", "po.id", "key")} AS id,
                {self.mkid("txn_", "txn.id", f"{_PIECE * 7} + key")} AS bt_id
         FROM payout;
-        INSERT INTO balance_transactions BY NAME
+        CREATE TABLE {_data("balance_transactions")} AS
         SELECT id, created, type, reporting_category, amount, fee, net, currency, exchange_rate,
                source_id, description, available_on, automatic_transfer_id,
                CASE WHEN available_on <= {_ts(DATA_LOAD_TIME)} THEN 'available' ELSE 'pending' END
@@ -1074,7 +1110,7 @@ class _Generator:
     def mrr_events(self) -> None:
         """Subscription starts and ends as MRR changes (monthly-normalised amounts)."""
         self.sql(f"""
-        INSERT INTO subscription_item_change_events_v2_beta BY NAME
+        CREATE TABLE {_data("subscription_item_change_events_v2_beta")} AS
         SELECT * EXCLUDE (ord) FROM (
             SELECT s.anchor AS event_timestamp, s.anchor AS local_event_timestamp,
                    'ACTIVE_START' AS event_type, s.currency, s.customer_id,

@@ -6,8 +6,11 @@ the rest wait, FIFO, in a deque that costs nothing per poll. When a run starts (
 (``Warehouse.execute_to_csv`` into the results directory) and then sleeps until the run's
 modelled finish time::
 
-    modelled = (base + per_row * rows_scanned) * U(1 - jitter, 1 + jitter)
+    modelled = (base + per_row * rows_scanned) * U(1 - jitter, 1 + jitter) [* slow_factor]
     finish   = max(start + modelled * time_scale, execution done)
+
+where a ``slow_fraction`` of the runs, drawn from their own seeded stream, take
+``slow_factor`` times longer: the long tail that polling policies must cope with.
 
 so only *running* runs own a task (bounded by the cap) and a poll is a dict lookup plus a
 cached JSON body. A run ends ``succeeded`` (or ``completed``) with a result file, or
@@ -91,10 +94,22 @@ class RunTiming:
     jitter: float = 0.3
     time_scale: float = 1.0
     max_run_time_s: float = 300.0
+    slow_fraction: float = 0.0
+    slow_factor: float = 10.0
 
     def draw(self, rng: random.Random) -> float:
         """A jitter factor from U(1 - jitter, 1 + jitter)."""
         return rng.uniform(1.0 - self.jitter, 1.0 + self.jitter) if self.jitter else 1.0
+
+    def draw_slow(self, rng: random.Random) -> float:
+        """``slow_factor`` for a ``slow_fraction`` of the draws, else 1.
+
+        ``rng`` is a stream of its own, so switching the tail on leaves every run's jitter
+        as it was.
+        """
+        if self.slow_fraction and rng.random() < self.slow_fraction:
+            return self.slow_factor
+        return 1.0
 
     def plan(self, rows_scanned: int, factor: float) -> tuple[float, bool]:
         """(seconds after start at which the run ends, whether it ends by timing out)."""
@@ -114,11 +129,14 @@ class QueryRun:
         "factor",
         "file_id",
         "finalized_at",
+        "first_download_at",
         "id",
         "idempotency_key",
         "livemode",
+        "polls",
         "spurious_failure",
         "sql",
+        "started_at",
         "status",
     )
 
@@ -143,6 +161,10 @@ class QueryRun:
         self.spurious_failure = spurious_failure
         self.idempotency_key = idempotency_key
         self._body: bytes | None = None
+        # The timeline benchmarks read (emulator clock, float seconds; not in the API object).
+        self.started_at: float | None = None
+        self.first_download_at: float | None = None
+        self.polls = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The API object."""
@@ -169,6 +191,22 @@ class QueryRun:
         """Move to ``status`` and drop the cached body."""
         self.status = status
         self._body = None
+
+    def timeline(self) -> dict[str, Any]:
+        """Precise times (unix seconds) of the run's life, and how often it was polled.
+
+        ``first_download`` is when the first request for its result file arrived, so
+        ``first_download - finalized`` is how long a client took to notice the run ended.
+        """
+        return {
+            "id": self.id,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started_at,
+            "finalized": self.finalized_at,
+            "first_download": self.first_download_at,
+            "polls": self.polls,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,6 +385,7 @@ class RunEngine:
         self._success_status = success_status
         self._csv_bom = csv_bom
         self._jitter_rng = random.Random(f"run-jitter:{seed}")
+        self._slow_rng = random.Random(f"run-slow:{seed}")
         self._limiter = anyio.CapacityLimiter(execution_threads)
         self._clock = clock
         self._runs: dict[str, QueryRun] = {}
@@ -405,12 +444,22 @@ class RunEngine:
         run = self._runs.get(run_id)
         return run if run is not None and run.livemode == livemode else None
 
+    def timelines(self) -> list[dict[str, Any]]:
+        """Every run's :meth:`QueryRun.timeline`, oldest first."""
+        return [run.timeline() for run in self._runs.values()]
+
+    def note_download(self, run_id: str) -> None:
+        """A request for the result file of ``run_id`` arrived (the first one is kept)."""
+        run = self._runs.get(run_id)
+        if run is not None and run.first_download_at is None:
+            run.first_download_at = self._clock()
+
     def create(self, livemode: bool, sql: str, *, idempotency_key: str | None = None) -> QueryRun:
         """Create a run: it starts now if the mode has a free slot, else waits ``pending``."""
         run = QueryRun(
             livemode=livemode,
             sql=sql,
-            factor=self._timing.draw(self._jitter_rng),
+            factor=self._timing.draw(self._jitter_rng) * self._timing.draw_slow(self._slow_rng),
             spurious_failure=self._faults.for_run(),
             idempotency_key=idempotency_key,
         )
@@ -434,6 +483,7 @@ class RunEngine:
         pending = self._pending[livemode]
         while pending and self._running[livemode] < self._max_concurrent and not self._closing:
             run = pending.popleft()
+            run.started_at = self._clock()
             self._running[livemode] += 1
             mode = "live" if livemode else "test"
             self.max_running[mode] = max(self.max_running[mode], self._running[livemode])

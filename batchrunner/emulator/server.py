@@ -107,8 +107,9 @@ class EmulatorConfig:
     means one ``sk_test_`` and one ``sk_live_`` key derived from ``seed``. Run time is
     modelled as ``(run_time_base_s + run_time_per_row_s * rows_scanned) *
     U(1 - run_time_jitter, 1 + run_time_jitter) * time_scale`` (``time_scale=0``: as fast
-    as DuckDB). ``latency_s`` delays every ``/v1`` answer (after the idempotency check),
-    to model Stripe's response times.
+    as DuckDB), and a ``slow_run_fraction`` of the runs (chosen by ``seed``) take
+    ``slow_run_factor`` times longer. ``latency_s`` delays every ``/v1`` answer (after the
+    idempotency check), to model Stripe's response times.
     """
 
     host: str = "127.0.0.1"
@@ -125,6 +126,8 @@ class EmulatorConfig:
     run_time_base_s: float = 1.0
     run_time_per_row_s: float = 2e-6
     run_time_jitter: float = 0.3
+    slow_run_fraction: float = 0.0
+    slow_run_factor: float = 10.0
     success_status: Literal["succeeded", "completed"] = "succeeded"
     csv_bom: bool = False
     cache_dir: Path | None = None
@@ -140,6 +143,12 @@ class EmulatorConfig:
             raise ConfigError("max_concurrent_runs must be >= 1")
         if self.max_run_time_s <= 0:
             raise ConfigError("max_run_time_s must be > 0")
+        if self.run_time_base_s < 0:
+            raise ConfigError("run_time_base_s must be >= 0")
+        if not 0 <= self.slow_run_fraction <= 1:
+            raise ConfigError("slow_run_fraction must be in [0, 1]")
+        if self.slow_run_factor < 1:
+            raise ConfigError("slow_run_factor must be >= 1")
         if self.latency_s < 0:
             raise ConfigError("latency_s must be >= 0")
         if self.success_status not in ("succeeded", "completed"):
@@ -180,9 +189,9 @@ class EmulatorHandle:
             return func()
         return portal.call(func)
 
-    def stats(self) -> dict[str, Any]:
-        """The same counters ``GET /_emulator/stats`` returns."""
-        return self._on_loop(self._server.stats)
+    def stats(self, *, runs: bool = False) -> dict[str, Any]:
+        """The same counters ``GET /_emulator/stats`` returns (``runs``: as ``?runs=1``)."""
+        return self._on_loop(partial(self._server.stats, runs=runs))
 
     def reset_stats(self) -> None:
         """Zero the counters (objects and idempotency keys are kept)."""
@@ -445,6 +454,8 @@ class EmulatorServer:
                 jitter=config.run_time_jitter,
                 time_scale=config.time_scale,
                 max_run_time_s=config.max_run_time_s,
+                slow_fraction=config.slow_run_fraction,
+                slow_factor=config.slow_run_factor,
             ),
             faults=self._faults,
             max_concurrent=config.max_concurrent_runs,
@@ -460,13 +471,20 @@ class EmulatorServer:
 
     # -- statistics ---------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """Everything counted so far (see ``/_emulator/stats``)."""
+    def stats(self, *, runs: bool = False) -> dict[str, Any]:
+        """Everything counted so far (see ``/_emulator/stats``).
+
+        ``runs=True`` adds ``run_timelines``: one entry per query run ever created (precise
+        created/started/finalized/first-download times and polls served), for benchmarks.
+        It is opt-in because it grows with the runs.
+        """
         out = self._stats.to_dict()
         out.update(self._engine.stats())
         out["faults_injected"] = dict(self._faults.counts)
         out["faults"] = str(self.config.faults)
         out["rate_limits_enabled"] = self.config.rate_limits.enabled
+        if runs:
+            out["run_timelines"] = self._engine.timelines()
         return out
 
     def reset_stats(self) -> None:
@@ -773,7 +791,8 @@ class EmulatorServer:
             self._loopback_only(request, ctx)
         except _HttpError as err:
             return self._error(ctx, err)
-        return self._json(ctx, 200, _dumps(self.stats()))
+        runs = request.query.get("runs", "").lower() in ("1", "true")
+        return self._json(ctx, 200, _dumps(self.stats(runs=runs)))
 
     async def _reset_stats_view(self, request: web.Request) -> web.StreamResponse:
         ctx = _Ctx(request, new_id("req_", 14))
@@ -825,6 +844,7 @@ class EmulatorServer:
         run = self._engine.get(ctx.livemode, ctx.path_id)
         if run is None:
             raise _no_such("query run", ctx.path_id)
+        run.polls += 1
         return 200, run.body()
 
     async def _create_saved(self, ctx: _Ctx) -> _Reply:
@@ -922,6 +942,7 @@ class EmulatorServer:
 
     async def _file_contents(self, ctx: _Ctx) -> _Reply:
         file = self._file(ctx)
+        self._engine.note_download(file.run_id)
         request = ctx.request
         size = file.size
         try:

@@ -293,14 +293,22 @@ def joda_to_strftime(pattern: str) -> str:
     while i < len(pattern):
         ch = pattern[i]
         if ch == "'":
-            end = pattern.find("'", i + 1)
-            if end == i + 1:  # '' is a literal quote
+            # quoted literal text; '' stands for one quote, inside or outside a literal
+            if pattern.startswith("''", i):
                 out.append("'")
                 i += 2
                 continue
-            literal = pattern[i + 1 :] if end < 0 else pattern[i + 1 : end]
-            out.append(literal.replace("%", "%%"))
-            i = len(pattern) if end < 0 else end + 1
+            i += 1
+            while i < len(pattern):
+                if pattern.startswith("''", i):
+                    out.append("'")
+                    i += 2
+                elif pattern[i] == "'":
+                    i += 1
+                    break
+                else:
+                    out.append("%%" if pattern[i] == "%" else pattern[i])
+                    i += 1
             continue
         if ch.isalpha():
             j = i
@@ -350,7 +358,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str, str
     ),
     (
         re.compile(r'Table "([^"]+)" does not have a column named "([^"]+)"'),
-        lambda m: (f"Column '{m.group(1)}.{m.group(2)}' cannot be resolved", m.group(2)),
+        lambda m: (
+            f"Column '{m.group(1)}.{m.group(2)}' cannot be resolved",
+            f"{m.group(1)}.{m.group(2)}",
+        ),
     ),
     (
         re.compile(r"(?:Scalar|Aggregate|Table) Function with name \"?([\w.]+)\"? does not exist"),
