@@ -25,6 +25,8 @@ from batchrunner.progress import ProgressDisplay
 from batchrunner.runner import DEFAULT_KEY_ENV, RunOptions, api_key_from_env, run_jobs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 def _console(*, stderr: bool) -> Console:
     """A console that wraps to the terminal, or writes long lines when piped to a file."""
     probe = Console(stderr=stderr)

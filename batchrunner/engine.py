@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from batchrunner.api import QueryApi, QueryRun
@@ -467,10 +468,23 @@ async def _run_cancellable(fn: Callable[..., T], *, limiter: anyio.CapacityLimit
         finally:
             cancel.set()
 
+    # The thread's error is kept out of the task group: raised inside it, it would come out
+    # wrapped in an ExceptionGroup that the engine's ``except BatchrunnerError`` cannot see.
+    error: BaseException | None = None
+    stopped_by_cancel = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(set_on_cancel)
         try:
             result = await anyio.to_thread.run_sync(partial(fn, cancel=cancel), limiter=limiter)
+        except BaseException as exc:
+            error = exc
+            stopped_by_cancel = cancel.is_set()
         finally:
             tg.cancel_scope.cancel()
+    if error is not None:
+        if stopped_by_cancel:
+            # The thread gave up because we are being cancelled: propagate the cancellation,
+            # not its "cancelled" error (which would record an interrupted job as failed).
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        raise error
     return result

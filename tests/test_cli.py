@@ -26,8 +26,11 @@ async def invoke_async(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def emulator_env(emu: EmulatorHandle, key: str | None = None) -> dict[str, str]:
-    return {"STRIPE_API_KEY": key or emu.test_key, "STRIPE_API_BASE": emu.api_base,
-            "STRIPE_FILES_BASE": emu.files_base}
+    return {
+        "STRIPE_API_KEY": key or emu.test_key,
+        "STRIPE_API_BASE": emu.api_base,
+        "STRIPE_FILES_BASE": emu.files_base,
+    }
 
 
 def test_help_lists_every_command() -> None:
@@ -36,8 +39,18 @@ def test_help_lists_every_command() -> None:
     for command in ("run", "plan", "status", "emulator"):
         assert command in text
     run_help = invoke("run", "--help").output
-    for option in ("--out", "--state", "--only", "--dry-run", "--force", "--max-running",
-                   "--rate", "--report", "--api-base", "--files-base"):
+    for option in (
+        "--out",
+        "--state",
+        "--only",
+        "--dry-run",
+        "--force",
+        "--max-running",
+        "--rate",
+        "--report",
+        "--api-base",
+        "--files-base",
+    ):
         assert option in run_help
 
 
@@ -82,8 +95,11 @@ def test_only_matching_nothing_is_a_usage_error() -> None:
 async def test_run_exit_codes_and_status(emulator: EmulatorHandle, tmp_path: Path) -> None:
     """All good → 0; a failed job → 1 and listed by status; a rejected key → 2."""
     jobs = tmp_path / "j.toml"
-    jobs.write_text('[[job]]\nname = "ok"\nsql = "select id from charges limit 3"\n'
-                    '[[job]]\nname = "broken"\nsql = "select * from nowhere"\n', "utf-8")
+    jobs.write_text(
+        '[[job]]\nname = "ok"\nsql = "select id from charges limit 3"\n'
+        '[[job]]\nname = "broken"\nsql = "select * from nowhere"\n',
+        "utf-8",
+    )
     out = tmp_path / "out"
     env = emulator_env(emulator)
     first = await invoke_async("run", str(jobs), "--out", str(out), "--only", "ok", env=env)
@@ -95,8 +111,13 @@ async def test_run_exit_codes_and_status(emulator: EmulatorHandle, tmp_path: Pat
     status = invoke("status", "--out", str(out))
     assert status.exit_code == 0
     assert "failed: 1" in status.output and "succeeded: 1" in status.output
-    bad_key = await invoke_async("run", str(jobs), "--out", str(tmp_path / "o2"),
-                                 env=emulator_env(emulator, key="sk_test_NopeNopeNope1234"))
+    bad_key = await invoke_async(
+        "run",
+        str(jobs),
+        "--out",
+        str(tmp_path / "o2"),
+        env=emulator_env(emulator, key="sk_test_NopeNopeNope1234"),
+    )
     assert bad_key.exit_code == 2
     assert "NopeNopeNope1234" not in bad_key.output
 

@@ -306,7 +306,7 @@ def test_database_path_is_keyed_by_scale_seed_and_version(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("scale", "seed"), [(0, 1), (-1, 1), (float("nan"), 1), (1, 1.5)])
 def test_bad_arguments_are_rejected(tmp_path: Path, scale: float, seed: int) -> None:
     """Scale must be positive and finite, seed an integer."""
-    with pytest.raises(ValueError, match="scale|seed"):
+    with pytest.raises(ValueError, match=r"scale|seed"):
         ensure_database(scale=scale, seed=seed, cache_dir=tmp_path)
 
 

@@ -38,7 +38,8 @@ async def test_slow_tail_is_seeded_and_leaves_jitter_alone(tmp_path: Path) -> No
     async def factors(timing: RunTiming, seed: int) -> list[float]:
         async with anyio.create_task_group() as tg:
             engine = engine_for(tg, tmp_path, FakeWarehouse(), timing=timing, seed=seed)
-            return [engine.create(False, f"select {i}").factor for i in range(200)]
+            drawn = [engine.create(False, f"select {i}").factor for i in range(200)]
+        return drawn
 
     plain = await factors(RunTiming(time_scale=0), seed=5)
     tail = RunTiming(time_scale=0, slow_fraction=0.25, slow_factor=10.0)

@@ -27,8 +27,13 @@ FAST_RETRY = RetryPolicy(max_attempts=10, base_s=0.01, cap_s=0.05, floor_s=0.01)
 
 def options(emu: EmulatorHandle, out: Path, **overrides: Any) -> RunOptions:
     settings: dict[str, Any] = {
-        "out_dir": out, "api_key": emu.test_key, "api_base": emu.api_base,
-        "files_base": emu.files_base, "rate": 500.0, "poll": FAST_POLL, "retry": FAST_RETRY,
+        "out_dir": out,
+        "api_key": emu.test_key,
+        "api_base": emu.api_base,
+        "files_base": emu.files_base,
+        "rate": 500.0,
+        "poll": FAST_POLL,
+        "retry": FAST_RETRY,
     }
     settings.update(overrides)
     return RunOptions(**settings)
@@ -78,14 +83,17 @@ async def test_a_failed_query_does_not_stop_the_others(
     emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
     """One job on an unknown table fails with the server's message; its sibling succeeds."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "good"
 sql = "select id, amount from charges limit 5"
 [[job]]
 name = "bad"
 sql = "select * from not_a_table"
-""")
+""",
+    )
     result = await run_jobs(load_jobs([path]), options(emulator, tmp_path / "out"))
     by_id = {r.job_id: r for r in result.results}
     good = next(r for k, r in by_id.items() if k.startswith("good"))
@@ -112,17 +120,21 @@ async def test_interrupted_run_resumes_without_duplicate_runs(
     make_emulator: MakeEmulator, tmp_path: Path
 ) -> None:
     """Cancel mid-run, rerun: finished jobs are skipped, in-flight runs are re-polled by id."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "r"
 sql = "select id, amount from balance_transactions limit 50"
 repeat = 16
-""")
+""",
+    )
     jobs = load_jobs([path])
     async with make_emulator(time_scale=0.3) as emu:
         opts = options(emu, tmp_path / "out", max_running=8)
         finished: list[str] = []
         with anyio.CancelScope() as scope:
+
             def stop_after_three(event: JobEvent) -> None:
                 if event.stage == "succeeded":
                     finished.append(event.job_id)
@@ -132,8 +144,9 @@ repeat = 16
             await run_jobs(jobs, opts, observer=stop_after_three)
         assert scope.cancelled_caught
         with StateStore.open(opts.state_file) as store:
-            in_flight = [r for r in store.all() if r.query_run_id and
-                         r.status is not JobStatus.SUCCEEDED]
+            in_flight = [
+                r for r in store.all() if r.query_run_id and r.status is not JobStatus.SUCCEEDED
+            ]
         assert in_flight, "the interruption should catch runs in flight"
         created_before = emu.stats()["query_runs_created"]["total"]
         result = await run_jobs(jobs, opts)
@@ -150,20 +163,25 @@ async def test_cancellation_mid_download_leaves_no_partial_file(
     make_emulator: MakeEmulator, tmp_path: Path
 ) -> None:
     """Cancelling while results stream leaves neither final nor temporary files behind."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "big"
 sql = "select * from balance_transactions"
 repeat = 3
-""")
+""",
+    )
     async with make_emulator(faults=FaultSpec.parse("slow_download=1.0")) as emu:
         with anyio.CancelScope() as scope:
+
             def cancel_on_download(event: JobEvent) -> None:
                 if event.stage == "downloading":
                     scope.cancel()
 
-            await run_jobs(load_jobs([path]), options(emu, tmp_path / "out"),
-                           observer=cancel_on_download)
+            await run_jobs(
+                load_jobs([path]), options(emu, tmp_path / "out"), observer=cancel_on_download
+            )
         assert scope.cancelled_caught
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in {".parquet", ".csv", ".tmp"}], files
@@ -173,12 +191,15 @@ async def test_chaos_faults_end_with_every_job_correct_and_no_duplicates(
     make_emulator: MakeEmulator, tmp_path: Path
 ) -> None:
     """Under the chaos mix every job ends succeeded (or failed with a message), once each."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "c"
 sql = "select id, amount, currency from charges limit 40"
 repeat = 30
-""")
+""",
+    )
     async with make_emulator(faults=FaultSpec.parse("chaos")) as emu:
         result = await run_jobs(load_jobs([path]), options(emu, tmp_path / "out"))
         stats = emu.stats()
@@ -189,17 +210,21 @@ repeat = 30
             assert r.error
     assert sum(r.status == "succeeded" for r in result.results) >= 25
     assert stats["query_runs_created"]["total"] <= 30 + sum(
-        r.status == "failed" for r in result.results)
+        r.status == "failed" for r in result.results
+    )
 
 
 async def test_second_run_skips_everything(emulator: EmulatorHandle, tmp_path: Path) -> None:
     """Running the same command twice sends no second create."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "s"
 sql = "select id from customers limit 3"
 repeat = 4
-""")
+""",
+    )
     jobs = load_jobs([path])
     opts = options(emulator, tmp_path / "out")
     first = await run_jobs(jobs, opts)

@@ -22,8 +22,13 @@ def test_mask_secret_keeps_prefix_and_last_four() -> None:
 
 def test_api_error_message_carries_status_type_code_and_request_id() -> None:
     """An API error names everything needed to look it up in Stripe's logs."""
-    err = RateLimited("Too many requests", status=429, request_id="req_123",
-                      error_type="invalid_request_error", code="rate_limit")
+    err = RateLimited(
+        "Too many requests",
+        status=429,
+        request_id="req_123",
+        error_type="invalid_request_error",
+        code="rate_limit",
+    )
     text = str(err)
     assert "429" in text and "req_123" in text and "rate_limit" in text
     assert isinstance(err, ApiError)

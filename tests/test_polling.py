@@ -38,8 +38,9 @@ def test_learned_delay_needs_enough_samples() -> None:
 def test_learned_delay_targets_the_median_of_remaining_time() -> None:
     """At submission, the next poll lands at the median observed run time (rand=0.5: no jitter)."""
     history = [2.0, 2.5, 3.0, 3.5, 4.0]
-    assert learned_delay(POLICY, elapsed=0, history=history, congested=False,
-                         rand=0.5) == pytest.approx(3.0)
+    assert learned_delay(
+        POLICY, elapsed=0, history=history, congested=False, rand=0.5
+    ) == pytest.approx(3.0)
 
 
 def test_learned_delay_conditions_on_elapsed_time() -> None:

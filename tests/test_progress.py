@@ -24,8 +24,14 @@ def test_live_mode_counts_stages() -> None:
     stream = io.StringIO()
     with ProgressDisplay(3, stream=stream, live=True) as display:
         for stage in ("submitted", "downloading", "converting", "succeeded"):
-            display(JobEvent("a", stage, rows=5 if stage == "succeeded" else None,  # type: ignore[arg-type]
-                             bytes=10 if stage == "converting" else None))
+            display(
+                JobEvent(
+                    "a",
+                    stage,
+                    rows=5 if stage == "succeeded" else None,  # type: ignore[arg-type]
+                    bytes=10 if stage == "converting" else None,
+                )
+            )
         display(JobEvent("b", "failed", error="nope"))
     assert display.counts == {"submitted": 1, "finished": 1, "downloaded": 1, "done": 2}
     assert display.failed == 1 and display.rows == 5 and display.bytes == 10

@@ -14,6 +14,5 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_every_error_is_a_batchrunner_error() -> None:
     """The exported errors share one root, so callers can catch them all at once."""
-    for name in ("ApiError", "AuthenticationFailed", "ConfigError", "JobFileError",
-                 "QueryFailed"):
+    for name in ("ApiError", "AuthenticationFailed", "ConfigError", "JobFileError", "QueryFailed"):
         assert issubclass(getattr(batchrunner, name), batchrunner.BatchrunnerError)

@@ -29,10 +29,22 @@ def test_aggregate_of_nothing_is_explicit() -> None:
 def test_report_aggregates_only_jobs_that_ran() -> None:
     """Skipped jobs count in totals but not in timing aggregates."""
     results = (
-        JobResult("a", "succeeded", {"p": 1}, rows=10, bytes=100,
-                  timings={"download": 1.0, "server_run": 2.0}),
-        JobResult("b", "succeeded", {"p": 2}, rows=5, bytes=50,
-                  timings={"download": 3.0, "server_run": 4.0}),
+        JobResult(
+            "a",
+            "succeeded",
+            {"p": 1},
+            rows=10,
+            bytes=100,
+            timings={"download": 1.0, "server_run": 2.0},
+        ),
+        JobResult(
+            "b",
+            "succeeded",
+            {"p": 2},
+            rows=5,
+            bytes=50,
+            timings={"download": 3.0, "server_run": 4.0},
+        ),
         JobResult("c", "skipped", {"p": 3}, rows=7, bytes=70, timings={"download": 99.0}),
         JobResult("d", "failed", {"p": 4}, error="boom"),
     )

@@ -105,7 +105,9 @@ def test_empty_and_multiple_statements_are_refused() -> None:
 
 def test_table_functions_are_refused() -> None:
     """DuckDB table functions (file access) are not reachable from Sigma SQL."""
-    assert "Table function 'read_csv' not registered" in error_of("select * from read_csv('/etc/passwd')")
+    assert "Table function 'read_csv' not registered" in error_of(
+        "select * from read_csv('/etc/passwd')"
+    )
 
 
 def test_values_and_set_operations_are_queries() -> None:
@@ -179,8 +181,8 @@ def test_at_time_zone_gives_local_wall_clock() -> None:
 def test_aggregates_and_conditionals_translate() -> None:
     """approx_distinct, count_if, try_cast, if and unnest(sequence()) run."""
     rows = run(
-        "select approx_distinct(x), count_if(x > 1), try_cast('a' as bigint), if(count(*) > 2, 'y', 'n')"
-        " from unnest(sequence(1, 3)) as t(x)"
+        "select approx_distinct(x), count_if(x > 1), try_cast('a' as bigint),"
+        " if(count(*) > 2, 'y', 'n') from unnest(sequence(1, 3)) as t(x)"
     )
     assert rows == [(3, 2, None, "y")]
 

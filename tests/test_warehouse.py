@@ -159,7 +159,8 @@ EXAMPLES = {
         from charges group by currency order by 1""",
     "MRR-style running total with fx map": """
         with fx as (select date, cast(json_parse(buy_currency_exchange_rates)
-                                      as map(varchar, double)) as rate from exchange_rates_from_usd),
+                                      as map(varchar, double)) as rate
+                    from exchange_rates_from_usd),
         changes as (select date_trunc('day', event_timestamp) as day, currency,
                            sum(mrr_change) as delta
                     from subscription_item_change_events_v2_beta group by 1, 2)
@@ -289,7 +290,9 @@ def test_unknown_table_message(wh: Warehouse, tmp_path: Path) -> None:
 
 def test_parse_and_statement_errors(wh: Warehouse, tmp_path: Path) -> None:
     """Syntax errors are positioned; non-SELECT statements are refused."""
-    assert sql_error(wh, tmp_path, "select id fro charges").startswith("line 1:15: mismatched input")
+    assert sql_error(wh, tmp_path, "select id fro charges").startswith(
+        "line 1:15: mismatched input"
+    )
     assert sql_error(wh, tmp_path, "drop table charges") == "only SELECT queries are supported"
 
 

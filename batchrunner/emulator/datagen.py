@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import math
 import os
+import shutil
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -82,6 +83,15 @@ POPULATED_TABLES = (
 )
 
 _CACHE_ENV = "BATCHRUNNER_CACHE_DIR"
+
+def _generation_memory() -> str:
+    """Half the machine's RAM: room for the intermediate tables without taking it all."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "4GB"
+    return f"{max(1, total // 2 // 2**20)}MB"
+
 
 _TRINO_TO_DUCKDB = {
     "varchar": "VARCHAR",
@@ -198,7 +208,10 @@ def ensure_database(*, scale: float, seed: int, cache_dir: Path | None = None) -
             return path, False
         # Holding the lock, any temporary file of this key is a crashed generation's leftover.
         for stale in directory.glob(path.name + ".*.tmp*"):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir():  # DuckDB's spill directory
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             generate(tmp, scale=scale, seed=seed)
@@ -224,7 +237,13 @@ def generate(path: Path, *, scale: float, seed: int) -> None:
     _check_args(scale, seed)
     con = duckdb.connect(str(path))
     try:
+        con.execute("SET enable_progress_bar = false")
+        # Bounded memory: past the limit intermediate tables spill to disk (DuckDB's default
+        # would let the buffer pool take 80% of the machine).
+        con.execute(f"SET memory_limit = '{_generation_memory()}'")
+        con.execute("BEGIN TRANSACTION")  # one commit instead of one per statement
         _Generator(con, scale=scale, seed=seed).run()
+        con.execute("COMMIT")
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -234,7 +253,7 @@ def _check_args(scale: float, seed: int) -> None:
     if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, not {scale!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, not {seed!r}")
+        raise ValueError(f"seed must be an integer, not {seed!r}")  # noqa: TRY004 (a bad value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +322,9 @@ class _Generator:
         self.n_charges_target = max(10, round(base * 0.88))
         self.n_transfers = max(2, round(base * 0.06))
         self.n_accounts = 40
+        # Daily payouts at full scale; small scales pay out less often (weekly, monthly) so
+        # payouts stay a small share of the balance transactions.
+        self.payout_days = min(30, max(1, round(1 / scale)))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -402,7 +424,9 @@ class _Generator:
         """Daily rates (units per USD) drifting ±4% around a base, one row per day."""
         phases = {c[0]: (_salt(f"fx.{c[0]}") + self.seed) % 1000 / 1000 for c in _CURRENCIES}
         rate = {
-            c[0]: f"round({c[2]} * (1 + 0.04 * sin(2 * pi() * (d / 365.0 + {phases[c[0]]:.3f}))), 6)"
+            c[
+                0
+            ]: f"round({c[2]} * (1 + 0.04 * sin(2 * pi() * (d / 365.0 + {phases[c[0]]:.3f}))), 6)"
             if c[0] != "usd"
             else "1.0"
             for c in _CURRENCIES
@@ -427,7 +451,10 @@ class _Generator:
         cur = _weighted([(_lit(c[0]), c[1]) for c in _CURRENCIES], self.u("cus.currency", "i"))
         country = _case_map(
             "currency",
-            {c: _pick(countries, self.u("cus.country", "i")) for c, countries in _COUNTRIES.items()},
+            {
+                c: _pick(countries, self.u("cus.country", "i"))
+                for c, countries in _COUNTRIES.items()
+            },
         )
         city = _case_map(
             "country", {k: _pick(v, self.u("cus.city", "i")) for k, v in _CITIES.items()}
@@ -679,18 +706,18 @@ class _Generator:
                     ELSE greatest(50, round(amount_major * {per_usd} * 100))::BIGINT END AS amount
         FROM charge_in
         UNION ALL
-        SELECT {_INVOICE_CHARGE} + inv_key AS cidx, created, cust_idx, currency, inv_key, invoice_id,
+        SELECT {_INVOICE_CHARGE} + inv_key AS cidx, created, cust_idx, currency, inv_key,
+               invoice_id,
                description, failed, amount
         FROM inv_charge;
         DROP TABLE charge_in; DROP TABLE oneoff;
         """)
-        fx_rate = _case_map(
-            "ch.currency", {c[0]: f"fx_day.r_{c[0]}" for c in _CURRENCIES}, "1.0"
-        )
+        fx_rate = _case_map("ch.currency", {c[0]: f"fx_day.r_{c[0]}" for c in _CURRENCIES}, "1.0")
         self.sql(f"""
         CREATE TEMP TABLE charge_b AS
         SELECT ch.*, NOT ch.failed AS succeeded,
-               ch.currency IN ({", ".join(_lit(c[0]) for c in _CURRENCIES if c[4])}) AS settles_same,
+               ch.currency IN ({", ".join(_lit(c[0]) for c in _CURRENCIES if c[4])})
+                   AS settles_same,
                round(1.0 / {fx_rate} * (1 + ({self.u("ch.fxn", "cidx")} - 0.5) * 0.01), 6)
                    AS rate_to_usd,
                {self.u("ch.refund", "cidx")} < 0.07 AS wants_refund,
@@ -822,7 +849,8 @@ class _Generator:
     def insert_payment_intents(self) -> None:
         self.sql(f"""
         CREATE TABLE {_data("payment_intents")} AS
-        SELECT ch.pi_id AS id, greatest({_ts(DATA_START)}, ch.created - INTERVAL 2 SECOND) AS created,
+        SELECT ch.pi_id AS id,
+               greatest({_ts(DATA_START)}, ch.created - INTERVAL 2 SECOND) AS created,
                ch.amount, ch.currency, ch.c_id AS customer_id, ch.invoice_id, ch.description,
                CASE WHEN ch.succeeded THEN 'succeeded' ELSE 'requires_payment_method' END AS status,
                0 AS amount_capturable, 'automatic' AS capture_method,
@@ -983,7 +1011,8 @@ class _Generator:
                false AS cancel_at_period_end,
                CASE WHEN s.ended_at IS NOT NULL THEN 'cancellation_requested' END
                    AS cancellation_details_reason,
-               CASE WHEN s.ended_at IS NOT NULL THEN {feedback} END AS cancellation_details_feedback,
+               CASE WHEN s.ended_at IS NOT NULL THEN {feedback} END
+                   AS cancellation_details_feedback,
                CASE WHEN s.ended_at IS NOT NULL AND {self.u("sub.comment", "s.i")} < 0.2
                     THEN 'Too pricey for us, sorry – "we''ll be back"' END
                    AS cancellation_details_comment,
@@ -1013,8 +1042,11 @@ class _Generator:
         SELECT i, tq((i + {self.u("tr.t", "i")}) / {n}) AS created,
                {self.mkid("tr_", "tr.id", "i")} AS id,
                {self.mkid("txn_", "txn.id", f"{_PIECE * 3} + i")} AS bt_id,
-               {self.mkid("acct_", "acct.id",
-                          f"floor({self.u('tr.dest', 'i')} * {self.n_accounts})::BIGINT")}
+               {
+            self.mkid(
+                "acct_", "acct.id", f"floor({self.u('tr.dest', 'i')} * {self.n_accounts})::BIGINT"
+            )
+        }
                    AS destination_id,
                greatest(100, round(lognormal(9.2, 1.0, {self.u("tr.a1", "i")},
                                              {self.u("tr.a2", "i")})))::BIGINT AS amount,
@@ -1064,7 +1096,8 @@ class _Generator:
         UNION ALL
         SELECT dispute_bt_id, created, 'adjustment', 'dispute', -bt_amount,
                CASE settle_currency WHEN 'eur' THEN 2000 WHEN 'gbp' THEN 2000 ELSE 1500 END,
-               settle_currency, exchange_rate, id, 'Chargeback withdrawal for ' || charge_id, 4, cidx
+               settle_currency, exchange_rate, id, 'Chargeback withdrawal for ' || charge_id,
+               4, cidx
         FROM dispute_x
         UNION ALL
         SELECT reversal_bt_id, closed_at, 'adjustment', 'dispute_reversal', bt_amount, 0,
@@ -1082,11 +1115,18 @@ class _Generator:
                    + CASE WHEN piece = 1 THEN INTERVAL 2 DAY ELSE INTERVAL 1 DAY END AS available_on
         FROM bt0;
         DROP TABLE bt0;
+        -- the payout that carries a transaction: the first payout day on or after it is available
+        CREATE TEMP TABLE bt2 AS
+        SELECT *, {_ts(DATA_START)} + to_days((ceil(date_sub('day', {_ts(DATA_START)},
+                      available_on) / {self.payout_days}) * {self.payout_days})::INTEGER)
+                   AS payout_day
+        FROM bt1;
+        DROP TABLE bt1;
         CREATE TEMP TABLE payout AS
-        SELECT currency, available_on, -sum(net)::BIGINT AS amount,
-               date_sub('day', {_ts(DATA_START)}, available_on) * 8 + cur_idx(currency) AS key
-        FROM bt1 WHERE available_on + INTERVAL 6 HOUR < {_ts(DATA_END)}
-        GROUP BY currency, available_on;
+        SELECT currency, payout_day, -sum(net)::BIGINT AS amount,
+               date_sub('day', {_ts(DATA_START)}, payout_day) * 8 + cur_idx(currency) AS key
+        FROM bt2 WHERE payout_day + INTERVAL 6 HOUR < {_ts(DATA_END)}
+        GROUP BY currency, payout_day;
         CREATE TEMP TABLE payout_x AS
         SELECT *, {self.mkid("po_", "po.id", "key")} AS id,
                {self.mkid("txn_", "txn.id", f"{_PIECE * 7} + key")} AS bt_id
@@ -1098,11 +1138,11 @@ class _Generator:
                    AS status,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
         FROM (
-            SELECT b.*, p.id AS automatic_transfer_id
-            FROM bt1 b LEFT JOIN payout_x p USING (currency, available_on)
+            SELECT b.* EXCLUDE (payout_day), p.id AS automatic_transfer_id
+            FROM bt2 b LEFT JOIN payout_x p USING (currency, payout_day)
             UNION ALL
-            SELECT bt_id, available_on + INTERVAL 6 HOUR, 'payout', 'payout', amount, 0, currency,
-                   NULL, id, 'STRIPE PAYOUT', 7, key, amount, available_on + INTERVAL 6 HOUR, id
+            SELECT bt_id, payout_day + INTERVAL 6 HOUR, 'payout', 'payout', amount, 0, currency,
+                   NULL, id, 'STRIPE PAYOUT', 7, key, amount, payout_day + INTERVAL 6 HOUR, id
             FROM payout_x)
         ORDER BY created, piece, idx;
         """)

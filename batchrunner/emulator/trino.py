@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlglot
 from sqlglot import exp
@@ -96,7 +96,7 @@ def translate(
 # parsing and checks
 
 
-def _parse_one(sql: str) -> exp.Expression:
+def _parse_one(sql: str) -> exp.Expr:
     try:
         statements = [s for s in sqlglot.parse(sql, read="trino") if s is not None]
     except ParseError as err:
@@ -132,11 +132,11 @@ def _parse_error_message(err: ParseError) -> str:
     return f"line {line}:{col}: mismatched input '{token}'. {description}"
 
 
-def _check_tables(tree: exp.Expression, sql: str, known: Collection[str]) -> tuple[str, ...]:
+def _check_tables(tree: exp.Expr, sql: str, known: Collection[str]) -> tuple[str, ...]:
     known_set = {t.lower() for t in known}
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     found: set[str] = set()
-    missing: list[tuple[str, exp.Expression]] = []
+    missing: list[tuple[str, exp.Expr]] = []
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
             # DuckDB table functions (read_csv...) would reach the file system; Trino has none.
@@ -160,10 +160,10 @@ def _check_tables(tree: exp.Expression, sql: str, known: Collection[str]) -> tup
     return tuple(sorted(found))
 
 
-def _where(node: exp.Expression, sql: str) -> str:
+def _where(node: exp.Expr, sql: str) -> str:
     """``line L:C: `` for the first token of ``node`` in ``sql``, or '' when unknown."""
     for candidate in node.walk():
-        meta = getattr(candidate, "_meta", None) or {}
+        meta = candidate.meta
         if "start" in meta:
             return "line {}:{}: ".format(*_line_col(sql, int(meta["start"])))
     return ""
@@ -184,31 +184,46 @@ def _first_line(text: str) -> str:
 # rewrites
 
 
-def _ts_literal(value: datetime) -> exp.Expression:
-    text = value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+def _utc(value: datetime) -> datetime:
+    """``value`` as a naive UTC datetime (naive input is taken to be UTC already)."""
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _ts_literal(value: datetime) -> exp.Expr:
+    text = _utc(value).strftime("%Y-%m-%d %H:%M:%S")
     return exp.cast(exp.Literal.string(text), exp.DataType.build("TIMESTAMP"))
 
 
-def _rewriter(*, data_load_time: datetime, now: datetime) -> Callable[[exp.Expression], exp.Expression]:
-    functions: dict[str, Callable[[exp.Anonymous], exp.Expression]] = {
+def _rewriter(*, data_load_time: datetime, now: datetime) -> Callable[[exp.Expr], exp.Expr]:
+    functions: dict[str, Callable[[exp.Anonymous], exp.Expr]] = {
         "decimalize_amount": _decimalize,
         "decimalize_amount_no_display": _decimalize,
         "format_datetime": _format_datetime,
         "to_iso8601": _to_iso8601,
-        "at_timezone": lambda node: _at_time_zone(node.expressions[0], node.expressions[1])
-        if len(node.expressions) == 2
-        else node,
+        "at_timezone": lambda node: (
+            _at_time_zone(node.expressions[0], node.expressions[1])
+            if len(node.expressions) == 2
+            else node
+        ),
     }
 
-    def rewrite(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Column) and not node.table and node.name.lower() == "data_load_time":
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and node.name.lower() == "data_load_time"
+        ):
             return _ts_literal(data_load_time)
         if isinstance(node, exp.CurrentDate):
-            return exp.cast(exp.Literal.string(now.strftime("%Y-%m-%d")), exp.DataType.build("DATE"))
+            return exp.cast(
+                exp.Literal.string(_utc(now).strftime("%Y-%m-%d")), exp.DataType.build("DATE")
+            )
         if isinstance(node, exp.CurrentTimestamp | exp.Localtimestamp):
             return _ts_literal(now)
         if isinstance(node, exp.CurrentTime):
-            return exp.cast(exp.Literal.string(now.strftime("%H:%M:%S")), exp.DataType.build("TIME"))
+            return exp.cast(
+                exp.Literal.string(_utc(now).strftime("%H:%M:%S")), exp.DataType.build("TIME")
+            )
         if isinstance(node, exp.AtTimeZone):
             return _at_time_zone(node.this, node.args["zone"])
         if isinstance(node, exp.DateDiff):
@@ -229,7 +244,7 @@ def _rewriter(*, data_load_time: datetime, now: datetime) -> Callable[[exp.Expre
     return rewrite
 
 
-def _at_time_zone(value: exp.Expression, zone: exp.Expression) -> exp.Expression:
+def _at_time_zone(value: exp.Expr, zone: exp.Expr) -> exp.Expr:
     # CAST to TIMESTAMPTZ reads a plain timestamp as UTC (the session zone); timezone() then
     # gives the wall-clock time in ``zone``.
     return exp.Anonymous(
@@ -238,7 +253,7 @@ def _at_time_zone(value: exp.Expression, zone: exp.Expression) -> exp.Expression
     )
 
 
-def _decimalize(node: exp.Anonymous) -> exp.Expression:
+def _decimalize(node: exp.Anonymous) -> exp.Expr:
     if len(node.expressions) != 3:
         return node  # DuckDB will report the unknown function signature
     currency, amount, precision = node.expressions
@@ -258,7 +273,7 @@ def _decimalize(node: exp.Anonymous) -> exp.Expression:
     return sqlglot.parse_one(text, read="duckdb")
 
 
-def _format_datetime(node: exp.Anonymous) -> exp.Expression:
+def _format_datetime(node: exp.Anonymous) -> exp.Expr:
     if len(node.expressions) != 2 or not isinstance(node.expressions[1], exp.Literal):
         return node
     pattern = joda_to_strftime(str(node.expressions[1].this))
@@ -267,7 +282,7 @@ def _format_datetime(node: exp.Anonymous) -> exp.Expression:
     )
 
 
-def _to_iso8601(node: exp.Anonymous) -> exp.Expression:
+def _to_iso8601(node: exp.Anonymous) -> exp.Expr:
     if len(node.expressions) != 1:
         return node
     return exp.Anonymous(
@@ -323,14 +338,14 @@ def joda_to_strftime(pattern: str) -> str:
     return "".join(out)
 
 
-def _name_outputs(tree: exp.Expression) -> None:
+def _name_outputs(tree: exp.Expr) -> None:
     """Trino's output names: ``_colN`` for unnamed expressions, everything lower case."""
     select = tree
     while isinstance(select, exp.SetOperation | exp.Subquery):
         select = select.this
     if not isinstance(select, exp.Select):
         return
-    named: list[exp.Expression] = []
+    named: list[exp.Expr] = []
     for index, projection in enumerate(select.expressions):
         if isinstance(projection, exp.Star) or (
             isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
@@ -340,7 +355,9 @@ def _name_outputs(tree: exp.Expression) -> None:
             projection.set("alias", exp.to_identifier(projection.alias.lower(), quoted=True))
             named.append(projection)
         elif isinstance(projection, exp.Column):
-            named.append(exp.alias_(projection, exp.to_identifier(projection.name.lower(), quoted=True)))
+            named.append(
+                exp.alias_(projection, exp.to_identifier(projection.name.lower(), quoted=True))
+            )
         else:
             named.append(exp.alias_(projection, exp.to_identifier(f"_col{index}", quoted=True)))
     select.set("expressions", named)
@@ -352,6 +369,11 @@ def _name_outputs(tree: exp.Expression) -> None:
 
 _DUCK_PREFIX = re.compile(r"^(?:[A-Z][A-Za-z ]*) Error: ")
 _PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str, str | None]]], ...] = (
+    (
+        # with the output aliases added by _name_outputs DuckDB words a missing column this way
+        re.compile(r'Column "([^"]+)" referenced that exists in the SELECT clause'),
+        lambda m: (f"Column '{m.group(1)}' cannot be resolved", m.group(1)),
+    ),
     (
         re.compile(r'Referenced column "([^"]+)" not found'),
         lambda m: (f"Column '{m.group(1)}' cannot be resolved", m.group(1)),

@@ -60,7 +60,11 @@ _COPY_OPTIONS = (
     "TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S.%g', DATEFORMAT '%Y-%m-%d', COMPRESSION 'none'"
 )
 # Session settings that make DuckDB behave like Trino where it matters for results.
-_SESSION = ("SET TimeZone = 'UTC'", "SET integer_division = true")
+_SESSION = (
+    "SET TimeZone = 'UTC'",
+    "SET integer_division = true",
+    "SET enable_progress_bar = false",  # DuckDB would draw one on stdout for slow queries
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,9 @@ class Warehouse:
         self._closed = False
 
     @classmethod
-    def open(cls, *, scale: float = 1.0, seed: int = 42, cache_dir: Path | None = None) -> Warehouse:
+    def open(
+        cls, *, scale: float = 1.0, seed: int = 42, cache_dir: Path | None = None
+    ) -> Warehouse:
         """Open the warehouse for (scale, seed), generating and caching it on first use.
 
         Blocking. ``cache_dir`` defaults to ``$BATCHRUNNER_CACHE_DIR`` or
