@@ -16,8 +16,10 @@ from typing import Any, NoReturn
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from batchrunner.client import STRIPE_API_BASE, STRIPE_FILES_BASE
 from batchrunner.engine import RunResult
 from batchrunner.errors import BatchrunnerError
 from batchrunner.jobs import load_jobs
@@ -39,7 +41,8 @@ out = _console(stderr=False)
 
 
 def _die(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    # Messages hold brackets ("[[job]]", "[job.params]", "[job-id]"): never parse them as markup.
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -176,6 +179,15 @@ def run(
                 out.print(f"{job.id} -> {Path(out_dir) / job.output}", markup=False)
             out.print(f"{len(jobs)} jobs; nothing was sent (--dry-run)")
             return
+        api_key = api_key_from_env(api_key_env)
+        if api_key is None and (api_base, files_base) != (STRIPE_API_BASE, STRIPE_FILES_BASE):
+            # A base was chosen on purpose: answering from synthetic data would mislead.
+            _die(
+                f"no API key: {api_key_env} is not set, but the API base is {api_base} and the "
+                f"files base {files_base}; set {api_key_env} to a key for that host, or unset "
+                "STRIPE_API_BASE and STRIPE_FILES_BASE (and --api-base, --files-base) to run "
+                "against the embedded emulator"
+            )
         options = RunOptions(
             out_dir=Path(out_dir),
             state_path=Path(state_path) if state_path else None,
@@ -185,7 +197,7 @@ def run(
             max_downloads=max_downloads,
             convert_workers=convert_workers,
             rate=rate,
-            api_key=api_key_from_env(api_key_env),
+            api_key=api_key,
             api_base=api_base,
             files_base=files_base,
             report_path=Path(report_path) if report_path else None,
@@ -242,7 +254,7 @@ def _print_summary(result: RunResult, options: RunOptions) -> None:
     if len(result.failed) > 20:
         out.print(f"... and {len(result.failed) - 20} more (see `batchrunner status`)")
     if result.stopped_by:
-        err.print(f"[red]stopped:[/red] {result.stopped_by}", markup=True, soft_wrap=True)
+        err.print(f"[red]stopped:[/red] {escape(result.stopped_by)}", markup=True, soft_wrap=True)
     elif result.failed:
         out.print("Rerun the same command to retry the failed jobs; finished ones are kept.")
     out.print(

@@ -41,6 +41,7 @@ from batchrunner.errors import (
     mask_secret,
 )
 from batchrunner.limiter import Priority, RateBudget, RateConfig
+from batchrunner.outputs import output_error
 from batchrunner.retry import RetryPolicy, retry_delay, should_retry
 
 STRIPE_API_BASE = "https://api.stripe.com"
@@ -136,6 +137,13 @@ _ERROR_BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+_AUTH_HINTS: dict[int, str] = {
+    401: "check the API key in STRIPE_API_KEY (or the variable --api-key-env names)",
+    403: "this key may not use Sigma: use a secret key, or a restricted key with the Sigma "
+    "permission",
+}
+
+
 @contextmanager
 def _translate_transport_errors(what: str) -> Iterator[None]:
     """The boundary where aiohttp's and the socket's exceptions become ours."""
@@ -164,6 +172,9 @@ def api_error_from(answer: _Answer, *, api_key: str) -> ApiError:
     if api_key and api_key in message:  # never let the key ride along in a message
         message = message.replace(api_key, mask_secret(api_key))
     status = answer.status
+    hint = _AUTH_HINTS.get(status)
+    if hint is not None:  # no retry helps these: say what will
+        message = f"{message.rstrip('.')}; {hint}"
     error_type = info.get("type")
     cls = _ERROR_BY_STATUS.get(status)
     if cls is None:
@@ -405,6 +416,16 @@ class SigmaClient:
             yield resp
 
 
+@contextmanager
+def _local_file(path: Path) -> Iterator[None]:
+    """Writing the downloaded file failed: the disk's problem (full, read-only), not the
+    network's, so it becomes an OutputError, which no retry loop catches."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+
+
 class _Downloader:
     """One result download: streams to disk, resumes with ``Range`` or restarts."""
 
@@ -421,6 +442,12 @@ class _Downloader:
         self.restarted = 0
 
     async def run(self) -> Download:
+        try:
+            return await self._run()
+        except OSError as exc:  # opening, flushing or closing the local file
+            raise output_error(self.dest, exc) from exc
+
+    async def _run(self) -> Download:
         client = self.client
         policy = client.config.retry
         async with await anyio.open_file(self.dest, "wb") as out:
@@ -465,7 +492,8 @@ class _Downloader:
             self._check_content_type(resp)
             total = await self._position(resp, out)
             async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
-                await out.write(chunk)
+                with _local_file(self.dest):
+                    await out.write(chunk)
                 self.written += len(chunk)
                 self.client.stats.download_bytes += len(chunk)
                 if self.on_bytes is not None:
@@ -493,6 +521,7 @@ class _Downloader:
         if self.written:  # Range ignored (200) or unusable: start again from byte 0
             self.restarted += 1
             self.written = 0
-            await out.seek(0)
-            await out.truncate()
+            with _local_file(self.dest):
+                await out.seek(0)
+                await out.truncate()
         return int(length) if length is not None and length.isdigit() else None

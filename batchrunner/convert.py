@@ -57,6 +57,7 @@ from batchrunner.coltypes import (
     widen,
 )
 from batchrunner.errors import ConversionError, OutputError
+from batchrunner.outputs import output_error
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -94,6 +95,9 @@ HEADER_LIMIT = 1 << 20
 #: memory (read block, parsed copy, Arrow string, Parquet encoding and compression buffers);
 #: a 100 MB field peaked at ~660 MB RSS.
 MAX_ROW_BYTES = 128 << 20
+
+#: What to do about a result file that cannot be Sigma's: the rerun runs the query again.
+REFETCH = "rerun to run the query again; if it recurs, report the query run to Stripe"
 
 _BOM = codecs.BOM_UTF8
 _MAX_SHOWN = 240
@@ -252,29 +256,31 @@ def read_header(src: Path) -> CsvHeader:
         head = f.read(HEADER_LIMIT + 1)
     truncated = len(head) > HEADER_LIMIT
     if not head:
-        raise ConversionError(where, "the file is empty (0 bytes), not a CSV result")
+        raise ConversionError(where, f"the file is empty (0 bytes), not a CSV result; {REFETCH}")
     body = head.removeprefix(_BOM)
     not_csv = _sniff_not_csv(body)
     if not_csv:
-        raise ConversionError(where, not_csv)
+        raise ConversionError(where, f"{not_csv}; {REFETCH}")
     end = _record_end(body)
     if end is None or (end == len(body) and truncated):
         if truncated:
             raise ConversionError(
-                where, f"no header row within the first {HEADER_LIMIT} bytes: not a CSV result"
+                where,
+                f"no header row within the first {HEADER_LIMIT} bytes: not a CSV result; "
+                + REFETCH,
             )
-        raise ConversionError(where, "the header row has an unterminated quoted name")
+        raise ConversionError(where, f"the header row has an unterminated quoted name; {REFETCH}")
     try:
         text = body[:end].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = len(head) - len(body) + exc.start
         raise ConversionError(
-            where, f"invalid UTF-8 in the header row at byte offset {offset}"
+            where, f"invalid UTF-8 in the header row at byte offset {offset}; {REFETCH}"
         ) from None
     try:
         names = tuple(next(csv.reader([text]), []))
     except csv.Error as exc:
-        raise ConversionError(where, f"the header row is not CSV: {exc}") from None
+        raise ConversionError(where, f"the header row is not CSV: {exc}; {REFETCH}") from None
     _check_names(where, names)
     rest = body[end:]
     rest = rest[2:] if rest.startswith(b"\r\n") else rest[1:]
@@ -520,7 +526,8 @@ def _row_layout(src: Path, block_size: int, cancel: threading.Event | None) -> t
                     raise ConversionError(
                         str(src),
                         f"a row of {length / 2**20:.0f} MiB starts at byte offset {row_start}; "
-                        f"rows over {MAX_ROW_BYTES >> 20} MiB are refused",
+                        f"rows over {MAX_ROW_BYTES >> 20} MiB are refused; select less text "
+                        "per row, e.g. substr(column, 1, 1000000)",
                     )
                 if stretch_start < row_start:
                     stretches.append(_Stretch(stretch_start, row_start, block_size))
@@ -649,7 +656,7 @@ def _csv_failure(
     where = str(src)
     if _RAGGED.search(message):
         located = _ragged_message(src, len(choices), cancel)
-        return ConversionError(where, located or _shorten(message))
+        return ConversionError(where, f"{located or _shorten(message)}; {REFETCH}")
     match = _COLUMN_ERROR.match(message)
     column = None
     if match is not None and int(match.group(1)) < len(choices):
@@ -661,12 +668,13 @@ def _csv_failure(
                 return ConversionError(
                     where,
                     f"column {column!r} is typed {choice.type} by the job's column_types, "
-                    f"but a value does not fit: {detail}",
+                    f"but a value does not fit: {detail}; change or remove {column!r} in "
+                    "[job.types]",
                 )
             return ConversionError(where, f"column {column!r}: {detail}")
     if "UTF8" in message:
-        return ConversionError(where, _bad_utf8_message(src, cancel, column=column))
-    return ConversionError(where, f"not valid CSV: {_shorten(message)}")
+        return ConversionError(where, f"{_bad_utf8_message(src, cancel, column=column)}; {REFETCH}")
+    return ConversionError(where, f"not valid CSV: {_shorten(message)}; {REFETCH}")
 
 
 @contextmanager
@@ -684,8 +692,8 @@ def _writing(where: str) -> Iterator[None]:
         yield
     except (ConversionError, OutputError):
         raise
-    except OSError as exc:
-        raise OutputError(where, exc.strerror or str(exc)) from None
+    except OSError as exc:  # with what to do: free space, make it writable...
+        raise output_error(Path(where), exc) from None
     except pa.ArrowException as exc:
         raise ConversionError(where, f"cannot write Parquet: {_shorten(str(exc))}") from None
 

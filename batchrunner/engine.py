@@ -18,7 +18,9 @@ sees HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import random
 import threading
 import time
@@ -38,12 +40,16 @@ from batchrunner.convert import ConvertResult, convert_csv_to_parquet
 from batchrunner.errors import (
     AuthenticationFailed,
     BatchrunnerError,
+    ConversionError,
+    InvalidRequest,
+    NotFound,
+    OutputError,
     PermissionDenied,
     QueryFailed,
     QueryTimedOut,
 )
 from batchrunner.jobs import Job
-from batchrunner.outputs import atomic_output, sweep_stale_temps
+from batchrunner.outputs import atomic_output, output_error, sweep_stale_temps
 from batchrunner.polling import PollPolicy, RunTimes, estimate_run_time, next_poll_delay
 from batchrunner.state import (
     JobRecord,
@@ -204,10 +210,17 @@ class Engine:
         return RunResult(results, self._clock() - started, stopped_by)
 
     def _prepare_dirs(self) -> None:
-        (self.work_dir / "downloads").mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(self.config.out_dir)
-        for leftover in (self.work_dir / "downloads").glob("*.csv"):
-            leftover.unlink(missing_ok=True)
+        downloads = self.work_dir / "downloads"
+        try:
+            downloads.mkdir(parents=True, exist_ok=True)
+            probe = downloads / f".probe-{os.getpid()}"  # writable? ask before any query runs
+            probe.touch()
+            probe.unlink()
+            sweep_stale_temps(self.config.out_dir)
+            for leftover in downloads.glob("*.csv"):
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only or full output directory: say so, send nothing
+            raise output_error(Path(exc.filename or downloads), exc) from exc
 
     async def _job_task(self, job: Job, pipeline: anyio.Semaphore) -> None:
         try:
@@ -319,9 +332,18 @@ class Engine:
         # The key is durable before the request leaves: a crash after this point resends
         # the same key and Stripe replays the first answer instead of making a second run.
         await self._db(self.state.begin_submit, job.id, key)
-        run = await self.api.create_run(
-            sql=job.sql, saved_query=job.saved_query, idempotency_key=key
-        )
+        try:
+            run = await self.api.create_run(
+                sql=job.sql, saved_query=job.saved_query, idempotency_key=key
+            )
+        except (InvalidRequest, NotFound) as exc:  # Stripe refused this query: say what to fix
+            if job.saved_query is not None:
+                raise _hinted(
+                    exc,
+                    f"check the saved query id {job.saved_query} (test and live keys see "
+                    "different saved queries)",
+                ) from None
+            raise _hinted(exc, "fix the job's SQL and rerun") from None
         since = self._clock()
         await self._db(self.state.record_run, job.id, run.id)
         self._emit(JobEvent(job.id, "submitted"))
@@ -380,19 +402,32 @@ class Engine:
                     self.state.set_status, job.id, JobStatus.DOWNLOADING, file_id=run.file_id
                 )
                 self._emit(JobEvent(job.id, "downloading"))
-                download = await self.api.download(run.file_id, csv_path)
+                try:
+                    download = await self.api.download(run.file_id, csv_path)
+                except NotFound as exc:
+                    raise _hinted(
+                        exc, "the result file is no longer available: rerun to run the query again"
+                    ) from None
                 timings["download"] = self._clock() - started
             await self._db(self.state.set_status, job.id, JobStatus.CONVERTING)
             self._emit(JobEvent(job.id, "converting", bytes=download.size))
             started = self._clock()
-            result = await _run_cancellable(
-                partial(_convert_and_publish, csv_path, final, job), limiter=self._converters
-            )
+            try:
+                result = await _run_cancellable(
+                    partial(_convert_and_publish, csv_path, final, job), limiter=self._converters
+                )
+            except ConversionError as exc:
+                # Name the run, not the downloaded copy (deleted below), in the message.
+                detail = exc.message.removeprefix(f"converting {exc.path}: ")
+                raise ConversionError(f"the result of query run {run.id}", detail) from None
+            except OutputError as exc:  # name the output, not its (removed) temporary file
+                detail = exc.message.removeprefix(f"writing {exc.path}: ")
+                raise OutputError(str(final), detail) from None
             timings["convert"] = self._clock() - started
             return result
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(partial(csv_path.unlink, missing_ok=True))
+                await anyio.to_thread.run_sync(_remove_quietly, csv_path)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -433,10 +468,31 @@ class Engine:
         self._observer(event)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A state-store call, off the event loop, one at a time."""
-        return await anyio.to_thread.run_sync(
-            partial(fn, *args, **kwargs), limiter=self._state_thread
-        )
+        """A state-store call, off the event loop, one at a time.
+
+        A state write the disk refuses stops the whole run: a job whose progress cannot be
+        recorded must not go on (its next step could be a second query run).
+        """
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(fn, *args, **kwargs), limiter=self._state_thread
+            )
+        except OutputError as exc:
+            raise _StopRun(exc) from exc
+
+
+def _hinted(exc: BatchrunnerError, hint: str) -> BatchrunnerError:
+    """Add what to do to an error's message."""
+    exc.message = f"{exc.message}; {hint}"
+    exc.args = (exc.message,)
+    return exc
+
+
+def _remove_quietly(path: Path) -> None:
+    # A leftover download is swept at the next start; failing to remove it (a disk gone
+    # read-only) must not hide the error that ended the job.
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _file_key(job_id: str) -> str:

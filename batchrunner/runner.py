@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class RunOptions:
     max_downloads: int = 4
     convert_workers: int = 2
     rate: float | None = None
-    api_key: str | None = None  # None: run against the embedded emulator
+    api_key: str | None = field(default=None, repr=False)  # None: the embedded emulator
     api_base: str = STRIPE_API_BASE
     files_base: str = STRIPE_FILES_BASE
     report_path: Path | None = None
@@ -172,23 +172,23 @@ def _write_manifest(out_dir: Path, jobs: Sequence[Job], state: StateStore) -> No
         record = state.get(job.id)
         if record is None or record.status != "succeeded" or record.output is None:
             continue
-        manifest.upsert(
-            ManifestEntry(
-                job_id=job.id,
-                params=_params(job),
-                query_run_id=record.query_run_id or "",
-                output=record.output,
-                rows=record.rows or 0,
-                bytes=record.bytes or 0,
-                sql_hash=job.sql_hash,
-                timings=dict(record.timings),
-                finished_at=datetime.fromtimestamp(record.updated_at, UTC).isoformat(
-                    timespec="seconds"
-                ),
-            )
+        entry = ManifestEntry(
+            job_id=job.id,
+            params=_params(job),
+            query_run_id=record.query_run_id or "",
+            output=record.output,
+            rows=record.rows or 0,
+            bytes=record.bytes or 0,
+            sql_hash=job.sql_hash,
+            timings=dict(record.timings),
+            finished_at=datetime.fromtimestamp(record.updated_at, UTC).isoformat(
+                timespec="seconds"
+            ),
         )
-        changed = True
-    if changed:
+        if manifest.get(job.id) != entry:
+            manifest.upsert(entry)
+            changed = True
+    if changed:  # a run that finished nothing new leaves the file (and a read-only disk) alone
         manifest.save()
 
 

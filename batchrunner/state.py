@@ -48,14 +48,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
-from batchrunner.errors import ConfigError
+from batchrunner.errors import ConfigError, OutputError
 
 if sys.platform == "win32":  # pragma: no cover - the project runs on POSIX; kept for honesty
     import msvcrt
@@ -218,7 +218,7 @@ class _FileLock:
         except OSError as exc:
             raise ConfigError(
                 f"cannot create the lock file {self.path} for state file {state_path}: "
-                f"{exc.strerror or exc}"
+                f"{exc.strerror or exc}; make that directory writable (or pass --state) and rerun"
             ) from exc
         if not _try_lock(fd):
             holder = _read_pid(fd)
@@ -228,9 +228,11 @@ class _FileLock:
                 f"state file {state_path} is in use by another running batchrunner{who}; "
                 "wait for it to finish, or use a different state file"
             )
-        # The pid is only for the message above; the lock itself is the flock.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is only for the message above; the lock itself is the flock (so a full
+        # disk, which refuses these few bytes, is no reason to refuse the lock).
+        with suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -309,7 +311,8 @@ class StateStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"cannot create the directory for state file {path}: {exc.strerror or exc}"
+                f"cannot create the directory for state file {path}: {exc.strerror or exc}; "
+                "choose a writable output directory (or pass --state) and rerun"
             ) from exc
         lock = _FileLock(path.with_name(path.name + ".lock"))
         lock.acquire(path)
@@ -324,6 +327,8 @@ class StateStore:
             if conn is not None:
                 conn.close()
             lock.release()
+            if _disk_refused(exc):  # the file may be fine: the disk is full or read-only
+                raise _write_failed(path, exc) from exc
             raise ConfigError(f"{path} is not a usable batchrunner state file: {exc}") from exc
         except BaseException:
             if conn is not None:
@@ -510,21 +515,33 @@ class StateStore:
 
     @contextmanager
     def _transaction(self, *, durable: bool = False) -> Iterator[None]:
-        """One write transaction; ``durable`` makes its commit fsync the WAL."""
+        """One write transaction; ``durable`` makes its commit fsync the WAL.
+
+        A write the disk refuses (full, read-only, I/O error) is rolled back, so the table
+        stays as it was, and raised as :class:`~batchrunner.errors.OutputError`.
+        """
         self._check_open()
-        if durable:
-            self._conn.execute("PRAGMA synchronous = FULL")
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        finally:
             if durable:
-                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.OperationalError as exc:
+            raise _write_failed(self._path, exc) from exc
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (e.g. after SQLITE_FULL).
+        with suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
 
     def _fetch(self, job_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(
@@ -542,6 +559,29 @@ class StateStore:
         self._check_open()
         row = self._fetch(job_id)
         return None if row is None else _row_to_record(row)
+
+
+_WRITABLE = "make the state file and its directory writable (or pass --state) and rerun"
+_SQLITE_HINTS: Final = {
+    13: "free space and rerun",  # SQLITE_FULL
+    8: _WRITABLE,  # SQLITE_READONLY
+    14: _WRITABLE,  # SQLITE_CANTOPEN
+    3: _WRITABLE,  # SQLITE_PERM
+    10: "make sure that disk has free space and is writable, then rerun",  # SQLITE_IOERR
+}
+
+
+def _disk_refused(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed because of the disk (full, read-only, I/O), not the file."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return isinstance(exc, sqlite3.OperationalError) and code in _SQLITE_HINTS
+
+
+def _write_failed(path: Path, exc: sqlite3.Error) -> OutputError:
+    """The error for a state write the disk refused; the job table is unchanged."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    hint = _SQLITE_HINTS.get(code, "fix the problem and rerun")
+    return OutputError(str(path), f"cannot record job state: {exc}; {hint}: finished jobs are kept")
 
 
 def _dump_timings(timings: Mapping[str, float]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr, flush=True)
             started = time.perf_counter()
+            load_before = os.getloadavg()[0]
             try:
                 result = load(name)(quick=args.quick, workdir=workdir)
             except Exception as exc:
@@ -182,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = crashed(name, exc)
                 failures += 1
             took = time.perf_counter() - started
+            # The machine may be shared: the load says how much to trust this scenario's times.
+            result.notes.append(
+                f"took {took:.0f} s; 1-minute load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)."
+            )
             print(f"   {name} took {took:.1f} s", file=sys.stderr, flush=True)
             results.append(result)
             if args.json is not None:  # written after every scenario: a crash keeps the rest

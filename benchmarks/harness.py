@@ -269,6 +269,7 @@ class RunTimeline:
     finalized: float | None
     first_download: float | None
     polls: int
+    last_poll: float | None = None
 
     @property
     def detection_delay(self) -> float | None:
@@ -276,6 +277,13 @@ class RunTimeline:
         if self.finalized is None or self.first_download is None:
             return None
         return self.first_download - self.finalized
+
+    @property
+    def client_latency(self) -> float | None:
+        """Seconds from the poll that saw the run ended to the first download request."""
+        if self.last_poll is None or self.first_download is None:
+            return None
+        return self.first_download - self.last_poll
 
     @property
     def run_time(self) -> float | None:
@@ -297,7 +305,13 @@ def timelines(
         save_to.write_text(json.dumps(raw))
     by_id = {
         t["id"]: RunTimeline(
-            t["id"], t["created"], t["started"], t["finalized"], t["first_download"], t["polls"]
+            t["id"],
+            t["created"],
+            t["started"],
+            t["finalized"],
+            t["first_download"],
+            t["polls"],
+            t.get("last_poll"),
         )
         for t in raw
     }

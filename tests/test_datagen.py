@@ -120,7 +120,7 @@ def test_ids_are_stripe_shaped_and_unique(
     bad = scalar(
         db,
         f"SELECT count(*) FROM {table} WHERE NOT regexp_full_match({column}, "
-        f"'{prefix}[0-9A-Za-z]{{14}}')",
+        f"'{prefix}[0-9A-Za-z]{{15}}')",
     )
     assert bad == 0
     if column == "id":

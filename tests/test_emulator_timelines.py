@@ -90,6 +90,7 @@ async def test_timelines_record_each_runs_life(
     created, started = timeline["created"], timeline["started"]
     finalized, downloaded = timeline["finalized"], timeline["first_download"]
     assert isinstance(created, float) and created <= started <= finalized <= downloaded
+    assert finalized <= timeline["last_poll"] <= downloaded  # polled once more, then fetched
     assert int(created) == run["created"] and int(finalized) == done["finalized_at"]
     status_polls = body["requests"]["GET /v1/sigma/query_runs/{id}"]["200"]
     assert timeline["polls"] == status_polls >= 2
@@ -106,6 +107,7 @@ async def test_handle_stats_take_runs_too(make_emulator: MakeEmulator) -> None:
         assert "run_timelines" not in emu.stats()
     assert [t["id"] for t in timelines] == [run["id"]]
     assert timelines[0]["first_download"] is None and timelines[0]["polls"] >= 1
+    assert timelines[0]["last_poll"] >= timelines[0]["finalized"]
 
 
 def test_cli_passes_the_run_time_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -156,6 +156,8 @@ async def test_chaos_soak_every_job_correct_or_failed_with_the_servers_message(
         assert injected[kind] > 0, (kind, injected)
     requests = sum(sum(by_status.values()) for by_status in stats["requests"].values())
     assert injected["5xx"] >= 0.05 * requests
+    # Cut downloads were resumed from where they stopped (206 answers to a Range request).
+    assert stats["requests"]["GET /v1/files/{id}/contents"].get("206", 0) > 0
 
     # Nothing half-done is left behind: no temporary Parquet, no downloaded CSV.
     leftovers = [p for p in out.rglob("*") if p.is_file() and p.suffix in {".tmp", ".csv"}]
@@ -170,3 +172,26 @@ async def test_chaos_soak_every_job_correct_or_failed_with_the_servers_message(
     assert {k: str(v.status) for k, v in records.items()} == {
         r.job_id: r.status for r in result.results
     }
+
+
+async def test_a_download_cut_every_time_fails_without_a_short_parquet(
+    make_emulator: MakeEmulator, tmp_path: Path
+) -> None:
+    """When every response is cut short, the job fails after its retries; no file is left."""
+    path = tmp_path / "j.toml"
+    path.write_text('[[job]]\nname = "cut"\nsql = "select * from balance_transactions"\n', "utf-8")
+    out = tmp_path / "out"
+    async with make_emulator(
+        faults=FaultSpec.parse("cut_download=1.0"), rate_limits=RateLimits(enabled=False)
+    ) as emu:
+        result = await run_engine(emu, load_jobs([path]), out)
+        stats = emu.stats()
+    (only,) = result.results
+    assert only.status == "failed"
+    assert only.error is not None and only.error.startswith("[cut] download of file_")
+    assert f"gave up after {FAST_RETRY.max_attempts} attempts" in only.error
+    downloads = stats["requests"]["GET /v1/files/{id}/contents"]
+    assert downloads.get("206", 0) == FAST_RETRY.max_attempts - 1  # each retry resumed
+    outputs = [p for p in out.rglob("*") if p.is_file() and ".batchrunner" not in p.parts]
+    assert not outputs  # no Parquet, short or otherwise, and no temporary file
+    assert not list((out / ".batchrunner" / "downloads").iterdir())  # the partial CSV is gone

@@ -113,6 +113,7 @@ def test_table_functions_are_refused() -> None:
 def test_values_and_set_operations_are_queries() -> None:
     """VALUES and UNION queries pass the statement check."""
     assert run("values (1), (2)") == [(1,), (2,)]
+    assert run("select 1;") == [(1,)]
     assert run("select 1 union all select 2 order by 1") == [(1,), (2,)]
 
 

@@ -261,6 +261,24 @@ def test_bom_prefix(wh: Warehouse, tmp_path: Path) -> None:
     assert result.rows == 3
 
 
+def test_repeated_column_names_are_kept(wh: Warehouse, tmp_path: Path) -> None:
+    """Like Trino, a result may repeat a column name; the header keeps both (no renaming)."""
+    result, text = run(
+        wh, tmp_path, "select c.id, r.id from charges c join refunds r on r.charge_id = c.id"
+    )
+    rows = parse(text)
+    assert rows[0] == ["id", "id"]
+    assert result.columns == ("id", "id")
+    assert result.rows == len(rows) - 1 == wh.table_row_counts()["refunds"]
+    assert all(c.startswith("ch_") and r.startswith("re_") for c, r in rows[1:])
+
+
+def test_unwritable_destination_is_not_an_sql_error(wh: Warehouse, tmp_path: Path) -> None:
+    """A destination that cannot be written raises OSError, not SqlError."""
+    with pytest.raises(OSError, match="writing"):
+        wh.execute_to_csv("select 1", tmp_path / "missing" / "x.csv")
+
+
 def test_zero_rows_still_has_header(wh: Warehouse, tmp_path: Path) -> None:
     """A query without results writes just the header line."""
     result, text = run(wh, tmp_path, "select id, amount from charges where amount < 0")

@@ -6,6 +6,11 @@
 decides ``livemode``, and the emulator's objects live per mode. A missing, malformed or
 unknown key gets Stripe's 401 message, with the key masked by
 :func:`batchrunner.errors.mask_secret` (never echoed whole).
+
+A configured restricted key whose secret part starts with ``nosigma`` (``rk_test_nosigma...``)
+stands for a restricted key created without the Sigma permission: it authenticates, and every
+request made with it is refused with Stripe's 403 ``permission_error``-style message, so that
+clients can be tested against a key that is valid but not allowed.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ from base64 import b64decode
 from dataclasses import dataclass
 from typing import Final
 
+from aiohttp import web
+
 from batchrunner.errors import ConfigError, mask_secret
 
 KEY_PREFIXES: Final = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
 _KEY_CHARS: Final = frozenset(string.ascii_letters + string.digits)
 _ALPHABET: Final = string.ascii_letters + string.digits
+
+#: The secret part of a restricted key without the Sigma permission starts with this.
+NO_SIGMA_MARK: Final = "nosigma"
 
 MISSING_KEY_MESSAGE: Final = (
     "You did not provide an API key. You need to provide your API key in the Authorization "
@@ -60,6 +70,20 @@ def key_livemode(key: str) -> bool | None:
                 return "_live_" in prefix
             return None
     return None
+
+
+def lacks_sigma_permission(key: str) -> bool:
+    """Whether ``key`` is a restricted key configured without the Sigma permission."""
+    return key.startswith(("rk_test_", "rk_live_")) and key[8:].startswith(NO_SIGMA_MARK)
+
+
+def permission_message(key: str) -> str:
+    """Stripe's 403 message for a restricted key that lacks a permission (key masked)."""
+    return (
+        f"The provided key '{mask_secret(key)}' does not have the required permissions for "
+        "this endpoint on account 'acct_emulator'. Having the 'rak_sigma_query_write' "
+        "permission would allow this request to continue."
+    )
 
 
 def default_keys(seed: int) -> tuple[str, str]:
@@ -109,11 +133,15 @@ class Authenticator:
         self._cache: dict[str, Account] = {}
 
     def authenticate(self, authorization: str | None) -> Account | AuthFailure:
-        """The account for a header, or the 401 reason."""
+        """The account for a header, or the 401 reason.
+
+        Raises ``aiohttp.web.HTTPForbidden`` (which the server answers as a Stripe 403) for
+        a restricted key without the Sigma permission (see :func:`lacks_sigma_permission`).
+        """
         if authorization is not None:
             hit = self._cache.get(authorization)
             if hit is not None:
-                return hit
+                return self._permitted(hit)
         key = credential(authorization)
         if key is None:
             return AuthFailure(MISSING_KEY_MESSAGE)
@@ -122,4 +150,10 @@ class Authenticator:
             return AuthFailure(f"Invalid API Key provided: {mask_secret(key)}")
         if len(self._cache) < 1024:
             self._cache[authorization or ""] = account
+        return self._permitted(account)
+
+    @staticmethod
+    def _permitted(account: Account) -> Account:
+        if lacks_sigma_permission(account.api_key):
+            raise web.HTTPForbidden(reason=permission_message(account.api_key))
         return account

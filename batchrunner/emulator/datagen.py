@@ -10,6 +10,10 @@ names and types. The core payment tables are filled with three years of consiste
                            ├─ disputes
                            └─ balance_transactions ─ (payouts, transfers, Stripe fees)
 
+A populated table stores only its modelled columns (``_data_<name>``, not a published name, so
+queries cannot reach it); the published name is a view that adds the other columns as typed
+NULLs, which keeps the file small and generation fast.
+
 All randomness is ``hash(row index, salt, seed)`` evaluated by DuckDB, so a (scale, seed) pair
 always yields the same bytes, a different seed yields different data, and no Python loop touches
 a row. Salts come from the name of the attribute they drive (:func:`_salt`), so adding an
@@ -27,9 +31,10 @@ import fcntl
 import math
 import os
 import shutil
+import unicodedata
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 #: Bump whenever the generated data changes for a given (scale, seed).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: First instant of the synthetic history (inclusive).
 DATA_START = datetime(2023, 1, 1, tzinfo=UTC)
@@ -84,13 +89,18 @@ POPULATED_TABLES = (
 
 _CACHE_ENV = "BATCHRUNNER_CACHE_DIR"
 
+
 def _generation_memory() -> str:
-    """Half the machine's RAM: room for the intermediate tables without taking it all."""
+    """DuckDB's memory limit while generating: half the RAM, at most 8 GiB.
+
+    Enough for the intermediate tables of scale 100 without spilling much (measured: 5 GB
+    costs ~20% more time than 11 GB); DuckDB's default would let it take 80% of the machine.
+    """
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
-        return "4GB"
-    return f"{max(1, total // 2 // 2**20)}MB"
+        total = 8 * 2**30
+    return f"{max(256, min(total // 2, 8 * 2**30) // 2**20)}MB"
 
 
 _TRINO_TO_DUCKDB = {
@@ -165,9 +175,18 @@ _PRODUCTS: tuple[tuple[str, str, int, bool], ...] = (
     ("Enterprise Suite", "SSO, audit logs, SLA", 49900, False),
 )
 _PRODUCT_WEIGHTS = (0.25, 0.2, 0.15, 0.1, 0.1, 0.05, 0.1, 0.05)
+# Flattened lists (with each group's offset) for single list lookups in SQL.
+_COUNTRY_LIST = [country for c in _CURRENCIES for country in _COUNTRIES[c[0]]]
+_COUNTRY_OFFSET = {
+    c[0]: sum(len(_COUNTRIES[d[0]]) for d in _CURRENCIES[:k]) for k, c in enumerate(_CURRENCIES)
+}
+_CITY_LIST = [city for country in _COUNTRY_LIST for city in _CITIES[country]]
+_COUNTRY_OF_CITY = {city: country for country in _COUNTRY_LIST for city in _CITIES[country]}
+_CITY_OFFSET = {
+    country: sum(len(_CITIES[c]) for c in _COUNTRY_LIST[:k])
+    for k, country in enumerate(_COUNTRY_LIST)
+}
 
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_B62_TRIPLES = "".join(a + b + c for a in _B62 for b in _B62 for c in _B62)
 _SPAN_SECONDS = int((DATA_END - DATA_START).total_seconds())
 _MASK40 = 1 << 40
 # Index ranges that keep the ids of one prefix unique across the pieces that share it: invoice
@@ -238,8 +257,6 @@ def generate(path: Path, *, scale: float, seed: int) -> None:
     con = duckdb.connect(str(path))
     try:
         con.execute("SET enable_progress_bar = false")
-        # Bounded memory: past the limit intermediate tables spill to disk (DuckDB's default
-        # would let the buffer pool take 80% of the machine).
         con.execute(f"SET memory_limit = '{_generation_memory()}'")
         con.execute("BEGIN TRANSACTION")  # one commit instead of one per statement
         _Generator(con, scale=scale, seed=seed).run()
@@ -310,8 +327,24 @@ def _create_table_sql(name: str, columns: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _handle(name: str) -> str:
+    """An e-mail-safe lower-case ASCII form of a name ('Łukasz' -> 'lukasz')."""
+    folded = unicodedata.normalize("NFKD", name.translate(_FOLD)).encode("ascii", "ignore")
+    return "".join(ch for ch in folded.decode("ascii").lower() if ch.isalpha())
+
+
+_FOLD = str.maketrans({"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "ß": "ss"})
+
+
 class _Generator:
-    """Builds every table in one DuckDB connection; one method per table family."""
+    """Builds every table in one DuckDB connection; one method per table family.
+
+    Attributes of customers, prices and ids are pure SQL functions of an index (methods named
+    ``cus_*``, ``price_*`` and :meth:`mkid`), so tables use them without joins. Intermediate
+    tables stay narrow (numbers, no ids) and are sorted once; the stored tables are then plain
+    order-preserving projections of them, which keeps the output deterministic and the work
+    linear in the scale.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, *, scale: float, seed: int) -> None:
         self.con = con
@@ -341,6 +374,7 @@ class _Generator:
         return f"u({_salt(name)}, {index})"
 
     def mkid(self, prefix: str, name: str, index: str) -> str:
+        """The Stripe-style id of object number ``index`` of a kind (unique per ``name``)."""
         return f"mkid({_lit(prefix)}, {_salt(name)}, {index})"
 
     def run(self) -> None:
@@ -401,8 +435,6 @@ class _Generator:
             {_ts(DATA_START)} + to_seconds(floor((sqrt(1 + 8 * (q)) - 1) / 2 * {span})::BIGINT);
         CREATE TEMP MACRO lognormal(mu, sigma, u1, u2) AS
             exp((mu) + (sigma) * sqrt(-2 * ln(1 - (u1))) * cos(2 * pi() * (u2)));
-        CREATE TEMP MACRO b3(v) AS substr('{_B62_TRIPLES}', ((v) % 238328)::BIGINT * 3 + 1, 3);
-        CREATE TEMP MACRO b1(v) AS substr('{_B62}', ((v) % 62)::BIGINT + 1, 1);
         CREATE TEMP MACRO id_h(salt, n) AS
             hash((n)::BIGINT, (salt)::BIGINT, ({seed})::BIGINT, 7::BIGINT);
         -- for each salt a bijection of [0, 2^40) (affine map, then an xorshift): unique ids
@@ -410,65 +442,107 @@ class _Generator:
             (((n)::BIGINT * 5647565 + ((salt)::BIGINT * 40503 + {(seed * 2654435761) % _MASK40})
               % {_MASK40}) % {_MASK40});
         CREATE TEMP MACRO id_y(salt, n) AS xor(id_x(salt, n), (id_x(salt, n) << 13) % {_MASK40});
+        -- prefix, 7 random base-36 characters, then 8 (lower case) that encode the bijection
         CREATE TEMP MACRO mkid(prefix, salt, n) AS concat(
-            prefix, b3(id_h(salt, n)), b3(id_y(salt, n) // 238328),
-            b1(id_h(salt, n) // 56800235584), b3(id_y(salt, n)),
-            b1(id_y(salt, n) // 56800235584), b3(id_h(salt, n) >> 40));
+            prefix, to_base((id_h(salt, n) % 78364164096)::BIGINT, 36, 7),
+            lower(to_base(id_y(salt, n), 36, 8)));
         CREATE TEMP MACRO cur_idx(c) AS list_position({_list([c[0] for c in _CURRENCIES])}, c) - 1;
         CREATE TEMP MACRO cur_exp(c) AS CASE WHEN c = 'jpy' THEN 0 ELSE 2 END;
+        CREATE TEMP MACRO day_of(ts) AS date_sub('day', {_ts(DATA_START)}, ts);
         """)
 
-    # -- exchange rates --------------------------------------------------------------------------
+    def fx_rate(self, code: str, day: str) -> str:
+        """Units of ``code`` per USD on day number ``day``: ±4% around a base, seed-phased."""
+        base = next(c[2] for c in _CURRENCIES if c[0] == code)
+        if code == "usd":
+            return "1.0"
+        phase = (_salt(f"fx.{code}") + self.seed) % 1000 / 1000
+        return f"round({base} * (1 + 0.04 * sin(2 * pi() * (({day}) / 365.0 + {phase:.3f}))), 6)"
 
     def fx(self) -> None:
-        """Daily rates (units per USD) drifting ±4% around a base, one row per day."""
-        phases = {c[0]: (_salt(f"fx.{c[0]}") + self.seed) % 1000 / 1000 for c in _CURRENCIES}
-        rate = {
-            c[
-                0
-            ]: f"round({c[2]} * (1 + 0.04 * sin(2 * pi() * (d / 365.0 + {phases[c[0]]:.3f}))), 6)"
-            if c[0] != "usd"
-            else "1.0"
-            for c in _CURRENCIES
-        }
-        json_args = ", ".join(f"{_lit(c)}, {expr}" for c, expr in sorted(rate.items()))
-        days = (DATA_END - DATA_START).days
+        """exchange_rates_from_usd: one row per day with a JSON object of rates."""
+        args = ", ".join(f"{_lit(c[0])}, {self.fx_rate(c[0], 'd')}" for c in sorted(_CURRENCIES))
         self.sql(f"""
-        CREATE TEMP TABLE fx_day AS
-        SELECT d, {_ts(DATA_START)} + to_days(d::INTEGER) AS day,
-               {", ".join(f"{expr} AS r_{c}" for c, expr in rate.items())},
-               json_object({json_args})::VARCHAR AS rates_json
-        FROM range({days}) t(d);
         CREATE TABLE {_data("exchange_rates_from_usd")} AS
-        SELECT day AS date, 'usd' AS sell_currency, rates_json AS buy_currency_exchange_rates
-        FROM fx_day ORDER BY d;
+        SELECT {_ts(DATA_START)} + to_days(d::INTEGER) AS date, 'usd' AS sell_currency,
+               json_object({args})::VARCHAR AS buy_currency_exchange_rates
+        FROM range({(DATA_END - DATA_START).days}) t(d);
         """)
 
-    # -- customers ----------------------------------------------------------------------------
+    # -- customers: every attribute a function of the customer number -----------------------
 
-    def customers(self) -> None:
-        n = self.n_customers
-        cur = _weighted([(_lit(c[0]), c[1]) for c in _CURRENCIES], self.u("cus.currency", "i"))
-        country = _case_map(
-            "currency",
-            {
-                c: _pick(countries, self.u("cus.country", "i"))
-                for c, countries in _COUNTRIES.items()
-            },
+    def cus_currency_idx(self, i: str) -> str:
+        return _weighted(
+            [(str(k), c[1]) for k, c in enumerate(_CURRENCIES)], self.u("cus.currency", i)
         )
-        city = _case_map(
-            "country", {k: _pick(v, self.u("cus.city", "i")) for k, v in _CITIES.items()}
-        )
-        first = _pick(_FIRST_NAMES, self.u("cus.first", "i"))
-        last = _pick(_LAST_NAMES, self.u("cus.last", "i"))
-        brand = _weighted(
+
+    def cus_currency(self, i: str) -> str:
+        return f"{_list([c[0] for c in _CURRENCIES])}[1 + {self.cus_currency_idx(i)}]"
+
+    def country_of(self, city_idx: str) -> str:
+        return f"{_list([_COUNTRY_OF_CITY[c] for c in _CITY_LIST])}[1 + ({city_idx})]"
+
+    def city_of(self, city_idx: str) -> str:
+        return f"{_list(_CITY_LIST)}[1 + ({city_idx})]"
+
+    def cus_name(self, i: str) -> str:
+        first = _pick(_FIRST_NAMES, self.u("cus.first", i))
+        last = _pick(_LAST_NAMES, self.u("cus.last", i))
+        return f"({first} || ' ' || {last})"
+
+    def cus_email(self, i: str) -> str:
+        first = _pick([_handle(n) for n in _FIRST_NAMES], self.u("cus.first", i))
+        last = _pick([_handle(n) for n in _LAST_NAMES], self.u("cus.last", i))
+        return f"({first} || '.' || {last} || (({i}) % 997)::VARCHAR || '@example.com')"
+
+    def cus_street(self, i: str) -> str:
+        number = f"(1 + floor({self.u('cus.no', i)} * 240)::BIGINT)::VARCHAR"
+        return f"({number} || ' ' || {_pick(_STREETS, self.u('cus.street', i))})"
+
+    def cus_brand(self, i: str) -> str:
+        return _weighted(
             [("'visa'", 0.5), ("'mastercard'", 0.3), ("'amex'", 0.12), ("'discover'", 0.04),
              ("'jcb'", 0.02), ("'unionpay'", 0.02)],
-            self.u("cus.brand", "i"),
+            self.u("cus.brand", i),
         )  # fmt: skip
-        funding = _weighted(
-            [("'credit'", 0.6), ("'debit'", 0.37), ("'prepaid'", 0.03)], self.u("cus.fund", "i")
+
+    def cus_funding(self, i: str) -> str:
+        return _weighted(
+            [("'credit'", 0.6), ("'debit'", 0.37), ("'prepaid'", 0.03)], self.u("cus.fund", i)
         )
+
+    def cus_last4(self, i: str) -> str:
+        return f"lpad((id_h({_salt('cus.last4')}, {i}) % 10000)::VARCHAR, 4, '0')"
+
+    def cus_fingerprint(self, i: str) -> str:
+        a, b = f"id_h({_salt('cus.fp')}, {i})", f"id_h({_salt('cus.fp2')}, {i})"
+        return (
+            f"concat(lower(to_base(({a} % 2821109907456)::BIGINT, 36, 8)), "
+            f"to_base(({b} % 2821109907456)::BIGINT, 36, 8))"
+        )
+
+    def cus_exp_month(self, i: str) -> str:
+        return f"(1 + floor({self.u('cus.expm', i)} * 12)::BIGINT)"
+
+    def cus_exp_year(self, i: str) -> str:
+        return f"(2025 + floor({self.u('cus.expy', i)} * 7)::BIGINT)"
+
+    def customers(self) -> None:
+        """The ``cust`` table (number -> city index, the one costly attribute) and customers."""
+        n = self.n_customers
+        country_off = f"[{', '.join(str(_COUNTRY_OFFSET[c[0]]) for c in _CURRENCIES)}]"
+        country_len = f"[{', '.join(str(len(_COUNTRIES[c[0]])) for c in _CURRENCIES)}]"
+        city_off = f"[{', '.join(str(_CITY_OFFSET[k]) for k in _COUNTRY_LIST)}]"
+        city_len = f"[{', '.join(str(len(_CITIES[k])) for k in _COUNTRY_LIST)}]"
+        # nested projections so each level's value is computed once per row
+        self.sql(f"""
+        CREATE TEMP TABLE cust AS
+        SELECT i, {city_off}[1 + k] + floor({self.u("cus.city", "i")} * {city_len}[1 + k])::BIGINT
+                   AS city_idx
+        FROM (SELECT i, {country_off}[1 + c]
+                        + floor({self.u("cus.country", "i")} * {country_len}[1 + c])::BIGINT AS k
+              FROM (SELECT i, {self.cus_currency_idx("i")} AS c FROM range({n}) t(i)));
+        """)
         desc = _weighted(
             [
                 ("NULL", 0.85),
@@ -480,39 +554,13 @@ class _Generator:
             self.u("cus.desc", "i"),
         )
         self.sql(f"""
-        CREATE TEMP TABLE cust_a AS
-        SELECT i, {self.mkid("cus_", "cus.id", "i")} AS id,
-               tq((i + {self.u("cus.t", "i")}) / {n}) AS created,
-               {cur} AS currency,
-               {first} AS first_name, {last} AS last_name,
-               {_pick(_STREETS, self.u("cus.street", "i"))} AS street_name,
-               {self.mkid("pm_", "cus.pm", "i")} AS pm_id,
-               {self.mkid("card_", "cus.card", "i")} AS card_id,
-               concat(b3(id_h({_salt("cus.fp")}, i)), b3(id_h({_salt("cus.fp")}, i) >> 20),
-                      b3(id_h({_salt("cus.fp")}, i) >> 40), b3(id_h({_salt("cus.fp2")}, i)),
-                      b3(id_h({_salt("cus.fp2")}, i) >> 30), b1(id_h({_salt("cus.fp2")}, i) >> 50)
-               ) AS fingerprint,
-               {brand} AS card_brand, {funding} AS card_funding,
-               lpad((hash(i::BIGINT, {_salt("cus.last4")}::BIGINT, {self.seed}::BIGINT)
-                     % 10000)::VARCHAR, 4, '0') AS last4,
-               1 + floor({self.u("cus.expm", "i")} * 12)::BIGINT AS exp_month,
-               2025 + floor({self.u("cus.expy", "i")} * 7)::BIGINT AS exp_year
-        FROM range({n}) t(i);
-        CREATE TEMP TABLE cust_b AS
-        SELECT *, {country} AS country FROM cust_a;
-        CREATE TEMP TABLE cust AS
-        SELECT *, {city} AS city,
-               (1 + floor({self.u("cus.no", "i")} * 240)::BIGINT)::VARCHAR || ' ' || street_name
-                   AS street,
-               first_name || ' ' || last_name AS name,
-               lower(regexp_replace(strip_accents(first_name), '[^A-Za-z]', '', 'g')) || '.' ||
-               lower(regexp_replace(strip_accents(last_name), '[^A-Za-z]', '', 'g')) ||
-               (i % 997)::VARCHAR || '@example.com' AS email
-        FROM cust_b;
-        DROP TABLE cust_a; DROP TABLE cust_b;
         CREATE TABLE {_data("customers")} AS
-        SELECT id, created, currency, name, email, {desc} AS description,
-               country AS address_country, city AS address_city, street AS address_line1,
+        SELECT {self.mkid("cus_", "cus.id", "i")} AS id,
+               tq((i + {self.u("cus.t", "i")}) / {n}) AS created,
+               {self.cus_currency("i")} AS currency, {self.cus_name("i")} AS name,
+               {self.cus_email("i")} AS email, {desc} AS description,
+               {self.country_of("city_idx")} AS address_country, city AS address_city,
+               street AS address_line1,
                CASE WHEN {self.u("cus.line2", "i")} < 0.1 THEN 'Apt. ' ||
                    (1 + floor({self.u("cus.apt", "i")} * 40)::BIGINT)::VARCHAR END AS address_line2,
                lpad((hash(i::BIGINT, {_salt("cus.zip")}::BIGINT, {self.seed}::BIGINT)
@@ -525,139 +573,267 @@ class _Generator:
                {self.u("cus.deleted", "i")} < 0.01 AS deleted,
                CASE WHEN {self.u("cus.taxex", "i")} < 0.02 THEN 'exempt' ELSE 'none' END
                    AS tax_exempt,
-               pm_id AS invoice_settings_default_payment_method_id,
+               {self.mkid("pm_", "cus.pm", "i")} AS invoice_settings_default_payment_method_id,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM cust ORDER BY i;
+        FROM (SELECT i, city_idx, {self.city_of("city_idx")} AS city,
+                     {self.cus_street("i")} AS street FROM cust);
         """)
 
-    # -- products and prices ------------------------------------------------------------------
+    # -- products and prices: small, computed in Python ----------------------------------------
 
     def catalog(self) -> None:
-        rows = []
-        for p, (name, desc, _, _) in enumerate(_PRODUCTS):
-            rows.append(f"({p}, {_lit(name)}, {_lit(desc)})")
-        self.sql(f"""
-        CREATE TEMP TABLE prod AS
-        SELECT p, {self.mkid("prod_", "prod.id", "p")} AS id, name, description,
-               {_ts(DATA_START)} + to_hours(p::BIGINT) AS created
-        FROM (VALUES {", ".join(rows)}) v(p, name, description);
-        CREATE TABLE {_data("products")} AS
-        SELECT id, name, description, created, true AS active, 'service' AS type,
-               false AS shippable, {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM prod ORDER BY p;
-        """)
-        price_rows = []
-        for p, (name, _, usd_month, _) in enumerate(_PRODUCTS):
+        """8 products, each priced monthly and yearly in every currency (112 prices)."""
+        self.price_amounts: list[str] = []
+        self.price_nicknames: list[str] = []
+        for name, _, usd_month, _ in _PRODUCTS:
             for interval in (0, 1):  # month, year
-                for c, (code, _, per_usd, exponent, _) in enumerate(_CURRENCIES):
-                    idx = p * 14 + interval * 7 + c
+                for code, _, per_usd, exponent, _ in _CURRENCIES:
                     major = usd_month / 100 * (10 if interval else 1) * per_usd
                     if exponent == 0:
                         amount = max(100, round(major / 100) * 100)
                     else:  # a charm price: whole units minus one cent
                         amount = max(99, round(major) * 100 - 1)
                     label = "yearly" if interval else "monthly"
-                    nickname = f"{name} – {label} ({code.upper()})"
-                    price_rows.append(
-                        f"({idx}, {p}, {interval}, {_lit(code)}, {amount}, {_lit(nickname)})"
-                    )
+                    self.price_amounts.append(str(amount))
+                    self.price_nicknames.append(f"{name} – {label} ({code.upper()})")
+        rows = ", ".join(f"({p}, {_lit(name)}, {_lit(desc)})" for p, (name, desc, _, _) in
+                         enumerate(_PRODUCTS))  # fmt: skip
         self.sql(f"""
-        CREATE TEMP TABLE price AS
-        SELECT v.*, {self.mkid("price_", "price.id", "v.idx")} AS id,
-               prod.id AS product_id, prod.name AS product_name,
-               CASE WHEN v.iv = 1 THEN 'year' ELSE 'month' END AS interval,
-               CASE WHEN v.iv = 1 THEN 12 ELSE 1 END AS months,
-               prod.created + INTERVAL 1 MINUTE AS created
-        FROM (VALUES {", ".join(price_rows)}) v(idx, p, iv, currency, unit_amount, nickname)
-        JOIN prod USING (p);
+        CREATE TABLE {_data("products")} AS
+        SELECT {self.mkid("prod_", "prod.id", "p")} AS id, name, description,
+               {_ts(DATA_START)} + to_hours(p::BIGINT) AS created, true AS active,
+               'service' AS type, false AS shippable, {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM (VALUES {rows}) v(p, name, description) ORDER BY p;
         CREATE TABLE {_data("prices")} AS
-        SELECT id, product_id, currency, unit_amount, unit_amount::VARCHAR AS unit_amount_decimal,
-               nickname, interval AS recurring_interval, 1 AS recurring_interval_count,
-               'licensed' AS recurring_usage_type, 'recurring' AS type, true AS active,
-               'per_unit' AS billing_scheme, 'unspecified' AS tax_behavior, created,
-               CASE WHEN p IN (1, 3) THEN 14 END AS recurring_trial_period_days,
+        SELECT {self.price_id("idx")} AS id, {self.mkid("prod_", "prod.id", "idx // 14")}
+                   AS product_id,
+               {_list([c[0] for c in _CURRENCIES])}[1 + idx % 7] AS currency,
+               {self.price_amount("idx")} AS unit_amount,
+               {self.price_amount("idx")}::VARCHAR AS unit_amount_decimal,
+               {self.price_nickname("idx")} AS nickname,
+               CASE WHEN idx % 14 >= 7 THEN 'year' ELSE 'month' END AS recurring_interval,
+               1 AS recurring_interval_count, 'licensed' AS recurring_usage_type,
+               'recurring' AS type, true AS active, 'per_unit' AS billing_scheme,
+               'unspecified' AS tax_behavior,
+               {_ts(DATA_START)} + to_hours((idx // 14)::BIGINT) + INTERVAL 1 MINUTE AS created,
+               CASE WHEN idx // 14 IN (1, 3) THEN 14 END AS recurring_trial_period_days,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM price ORDER BY idx;
+        FROM range({len(self.price_amounts)}) t(idx);
         """)
 
-    # -- subscriptions ------------------------------------------------------------------------
+    def price_id(self, idx: str) -> str:
+        return self.mkid("price_", "price.id", idx)
+
+    def price_amount(self, idx: str) -> str:
+        return f"[{', '.join(self.price_amounts)}][1 + ({idx})]"
+
+    def price_nickname(self, idx: str) -> str:
+        return f"{_list(self.price_nicknames)}[1 + ({idx})]"
+
+    def product_name(self, p: str) -> str:
+        return f"{_list([p[0] for p in _PRODUCTS])}[1 + ({p})]"
+
+    # -- subscriptions and their invoices ---------------------------------------------------
 
     def subscriptions(self) -> None:
         n, nc = self.n_subscriptions, self.n_customers
         product = _weighted(
             [(str(p), w) for p, w in enumerate(_PRODUCT_WEIGHTS)], self.u("sub.product", "i")
         )
-        life = (  # billing periods until cancellation: geometric (churn 3.5%/month, 25%/year)
-            f"1 + floor(ln(1 - {self.u('sub.life', 's.i')}) / "
-            f"ln(CASE WHEN s.iv = 1 THEN 0.75 ELSE 0.965 END))::BIGINT"
-        )
         self.sql(f"""
-        CREATE TEMP TABLE sub_a AS
-        SELECT i, q, {self.mkid("sub_", "sub.id", "i")} AS id,
-               {self.mkid("si_", "si.id", "i")} AS item_id,
-               tq(q) AS created,
-               greatest(0, floor({self.u("sub.cust", "i")} * (q * {nc} - 1)))::BIGINT AS cust_idx,
-               {product} AS p,
-               {self.u("sub.trial", "i")} < 0.25 AS has_trial,
-               CASE WHEN {self.u("sub.qty", "i")} < 0.8 THEN 1
-                    ELSE 2 + floor({self.u("sub.qty2", "i")} * 4)::BIGINT END AS quantity
-        FROM (SELECT i, (i + {self.u("sub.t", "i")}) / {n} AS q FROM range({n}) t(i));
-        CREATE TEMP TABLE sub_b AS
-        SELECT s.*, c.id AS customer_id, c.currency, c.email AS customer_email,
-               c.name AS customer_name, c.country AS customer_country,
-               CASE WHEN s.p = 6 OR {self.u("sub.yearly", "s.i")} < 0.2 THEN 1 ELSE 0 END AS iv
-        FROM sub_a s JOIN cust c ON c.i = s.cust_idx;
-        CREATE TEMP TABLE sub_c AS
-        SELECT s.*, pr.id AS price_id, pr.unit_amount, pr.months, pr.interval,
-               pr.nickname AS price_nickname, pr.product_id, pr.product_name,
-               CASE WHEN s.has_trial THEN s.created + INTERVAL 14 DAY END AS trial_end,
-               CASE WHEN s.has_trial THEN s.created + INTERVAL 14 DAY ELSE s.created END AS anchor,
-               {life} AS life
-        FROM sub_b s JOIN price pr ON pr.idx = s.p * 14 + s.iv * 7 + cur_idx(s.currency);
         CREATE TEMP TABLE sub AS
         SELECT *,
                CASE WHEN ended < {_ts(DATA_END)} THEN ended END AS ended_at,
-               -- billing periods started before the sub ended (or the data ends)
+               -- billing periods started before the subscription ended (or the data ends)
                CASE WHEN anchor >= least(ended, {_ts(DATA_END)}) THEN 0
                     ELSE date_sub('month', anchor,
                                   least(ended, {_ts(DATA_END)}) - INTERVAL 1 SECOND) // months + 1
                END AS n_periods
-        FROM (SELECT *, anchor + to_months((life * months)::INTEGER) AS ended FROM sub_c);
-        DROP TABLE sub_a; DROP TABLE sub_b; DROP TABLE sub_c;
+        FROM (
+            SELECT *, p * 14 + iv * 7 + cur_idx(currency) AS price_idx,
+                   CASE WHEN iv = 1 THEN 12 ELSE 1 END AS months,
+                   CASE WHEN has_trial THEN created + INTERVAL 14 DAY END AS trial_end,
+                   CASE WHEN has_trial THEN created + INTERVAL 14 DAY ELSE created END AS anchor,
+                   -- months until cancellation: geometric, churn 3.5%/month or 25%/year
+                   anchor + to_months((CASE WHEN iv = 1 THEN 12 ELSE 1 END * (1 + floor(
+                       ln(1 - {self.u("sub.life", "i")})
+                       / ln(CASE WHEN iv = 1 THEN 0.75 ELSE 0.965 END))))::INTEGER) AS ended
+            FROM (
+                SELECT i, tq(q) AS created, cust_idx, cust.city_idx AS cust_city,
+                       {self.cus_currency("cust_idx")} AS currency,
+                       p, CASE WHEN p = 6 OR {self.u("sub.yearly", "i")} < 0.2 THEN 1 ELSE 0 END
+                           AS iv,
+                       {self.u("sub.trial", "i")} < 0.25 AS has_trial,
+                       CASE WHEN {self.u("sub.qty", "i")} < 0.8 THEN 1
+                            ELSE 2 + floor({self.u("sub.qty2", "i")} * 4)::BIGINT END AS quantity
+                FROM (SELECT i, q,
+                             greatest(0, floor({self.u("sub.cust", "i")} * (q * {nc} - 1)))::BIGINT
+                                 AS cust_idx,
+                             {product} AS p
+                      FROM (SELECT i, (i + {self.u("sub.t", "i")}) / {n} AS q
+                            FROM range({n}) t(i)))
+                JOIN (SELECT i AS cust_idx, city_idx FROM cust) cust USING (cust_idx)))
+        ORDER BY i;
         """)
 
     def invoices(self) -> None:
-        """One invoice per billing period (plus a $0 one when a trial starts)."""
+        """One invoice per billing period (plus a $0 one when a trial starts), sorted by date."""
         self.sql(f"""
-        CREATE TEMP TABLE inv_a AS
-        SELECT s.* EXCLUDE (id), s.id AS sub_id, k, s.i * 4096 + k AS inv_key,
-               CASE WHEN has_trial AND k = 0 THEN created
-                    WHEN has_trial THEN anchor + to_months(((k - 1) * months)::INTEGER)
-                    ELSE anchor + to_months((k * months)::INTEGER) END AS period_start,
-               CASE WHEN has_trial AND k = 0 THEN 0 ELSE unit_amount * quantity END AS total
-        FROM (SELECT *, unnest(range(n_periods + CASE WHEN has_trial THEN 1 ELSE 0 END)) AS k
-              FROM sub) s;
         CREATE TEMP TABLE inv AS
-        SELECT *, {self.mkid("in_", "inv.id", "inv_key")} AS id,
-               {self.mkid("il_", "il.id", "inv_key")} AS line_id,
-               CASE WHEN has_trial AND k = 0 THEN trial_end
-                    ELSE period_start + to_months(months::INTEGER) END AS period_end,
+        SELECT *,
                period_start + to_seconds((1800 + floor({self.u("inv.delay", "inv_key")}
                    * 3600))::BIGINT) AS charge_at,
                {self.u("inv.fail", "inv_key")} < 0.06 AS failed
-        FROM inv_a WHERE period_start < {_ts(DATA_END)}
-            AND (ended_at IS NULL OR period_start < ended_at);
-        DROP TABLE inv_a;
-        CREATE TEMP TABLE inv_charge AS
-        SELECT inv_key, id AS invoice_id, charge_at AS created, cust_idx, currency, total AS amount,
-               failed, CASE WHEN k <= (CASE WHEN has_trial THEN 1 ELSE 0 END)
-                            THEN 'Subscription creation' ELSE 'Subscription update' END
-                   AS description
-        FROM inv WHERE total > 0 AND charge_at < {_ts(DATA_END)};
+        FROM (
+            SELECT i, k, i * 4096 + k AS inv_key, cust_idx, cust_city, currency, quantity,
+                   price_idx, p,
+                   months, has_trial,
+                   CASE WHEN has_trial AND k = 0 THEN created
+                        WHEN has_trial THEN anchor + to_months(((k - 1) * months)::INTEGER)
+                        ELSE anchor + to_months((k * months)::INTEGER) END AS period_start,
+                   CASE WHEN has_trial AND k = 0 THEN trial_end
+                        WHEN has_trial THEN anchor + to_months((k * months)::INTEGER)
+                        ELSE anchor + to_months(((k + 1) * months)::INTEGER) END AS period_end,
+                   CASE WHEN has_trial AND k = 0 THEN 0
+                        ELSE {self.price_amount("price_idx")} * quantity END AS total,
+                   ended_at
+            FROM (SELECT *, unnest(range(n_periods + CASE WHEN has_trial THEN 1 ELSE 0 END)) AS k
+                  FROM sub))
+        WHERE period_start < {_ts(DATA_END)} AND (ended_at IS NULL OR period_start < ended_at)
+        ORDER BY period_start, inv_key;
+        CREATE TEMP TABLE inv_x AS
+        SELECT *, total > 0 AND charge_at < {_ts(DATA_END)} AS charged,
+               CASE WHEN total = 0 OR (total > 0 AND charge_at < {_ts(DATA_END)} AND NOT failed)
+                        THEN 'paid'
+                    WHEN charge_at >= {_ts(DATA_END)}
+                         OR period_start >= {_ts(DATA_END)} - INTERVAL 30 DAY THEN 'open'
+                    WHEN {self.u("inv.void", "inv_key")} < 0.5 THEN 'uncollectible'
+                    ELSE 'void' END AS status
+        FROM inv;
+        DROP TABLE inv;
+        """)
+        inv_id = self.mkid("in_", "inv.id", "inv_key")
+        sub_id = self.mkid("sub_", "sub.id", "i")
+        charge_id = self.mkid("ch_", "ch.id", f"{_INVOICE_CHARGE} + inv_key")
+        self.sql(f"""
+        CREATE TABLE {_data("invoices")} AS
+        SELECT {inv_id} AS id, {self.mkid("cus_", "cus.id", "cust_idx")} AS customer_id,
+               {sub_id} AS subscription_id,
+               CASE WHEN charged THEN {charge_id} END AS charge_id, currency,
+               period_start AS date, period_start, period_end,
+               total AS amount_due, CASE WHEN status = 'paid' THEN total ELSE 0 END AS amount_paid,
+               CASE WHEN status = 'paid' THEN 0 ELSE total END AS amount_remaining,
+               total AS subtotal, total, 0 AS starting_balance, 0 AS ending_balance,
+               status, status = 'paid' AS paid, false AS paid_out_of_band,
+               charged AS attempted,
+               CASE WHEN NOT charged THEN 0 WHEN NOT failed THEN 1
+                    ELSE 1 + floor({self.u("inv.attempts", "inv_key")} * 3)::BIGINT END
+                   AS attempt_count,
+               status = 'open' AS auto_advance,
+               CASE WHEN k = 0 THEN 'subscription_create' ELSE 'subscription_cycle' END
+                   AS billing_reason,
+               'charge_automatically' AS collection_method,
+               right({sub_id}, 8) || '-' || lpad((k + 1)::VARCHAR, 4, '0') AS number,
+               {self.cus_email("cust_idx")} AS customer_email,
+               {self.cus_name("cust_idx")} AS customer_name,
+               {self.country_of("cust_city")} AS customer_address_country,
+               'none' AS customer_tax_exempt, false AS automatic_tax_enabled,
+               period_start + INTERVAL 1 HOUR AS status_transitions_finalized_at,
+               period_start + INTERVAL 1 HOUR AS effective_at,
+               CASE WHEN status = 'paid' THEN CASE WHEN charged THEN charge_at
+                   ELSE period_start + INTERVAL 1 HOUR END END AS status_transitions_paid_at,
+               CASE WHEN status = 'void' THEN period_start + INTERVAL 20 DAY END
+                   AS status_transitions_voided_at,
+               CASE WHEN status = 'uncollectible' THEN period_start + INTERVAL 20 DAY END
+                   AS status_transitions_marked_uncollectible_at,
+               CASE WHEN status = 'open' THEN period_start + INTERVAL 3 DAY END
+                   AS next_payment_attempt,
+               period_start + INTERVAL 1 MINUTE AS webhooks_delivered_at,
+               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM inv_x;
+        CREATE TABLE {_data("invoice_line_items")} AS
+        SELECT {self.mkid("il_", "il.id", "inv_key")} AS id, {inv_id} AS invoice_id,
+               total AS amount, currency,
+               CASE WHEN total = 0 THEN 'Trial period for ' || {self.product_name("p")}
+                    ELSE quantity::VARCHAR || ' × ' || {self.product_name("p")} || ' ('
+                         || {self.price_nickname("price_idx")} || ')' END AS description,
+               true AS discountable, period_start, period_end,
+               {self.price_id("price_idx")} AS plan_id, {self.price_id("price_idx")} AS price_id,
+               false AS proration, quantity, {sub_id} AS subscription,
+               {self.mkid("si_", "si.id", "i")} AS subscription_item_id,
+               'subscription' AS source_type, {sub_id} AS source_id,
+               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM inv_x;
+        """)
+        self.insert_subscription_tables()
+
+    def insert_subscription_tables(self) -> None:
+        feedback = _weighted(
+            [("'too_expensive'", 0.3), ("'missing_features'", 0.2), ("'switched_service'", 0.2),
+             ("'unused'", 0.2), ("'other'", 0.1)],
+            self.u("sub.feedback", "s.i"),
+        )  # fmt: skip
+        self.sql(f"""
+        CREATE TEMP TABLE sub_last AS
+        SELECT i, max(k) AS last_k, arg_max(period_start, k) AS cur_start,
+               arg_max(period_end, k) AS cur_end, arg_max(inv_key, k) AS last_inv_key,
+               arg_max(status, k) AS last_status
+        FROM inv_x GROUP BY i;
+        CREATE TABLE {_data("subscriptions")} AS
+        SELECT {self.mkid("sub_", "sub.id", "s.i")} AS id,
+               {self.mkid("cus_", "cus.id", "s.cust_idx")} AS customer_id,
+               s.created, s.created AS start, s.created AS start_date,
+               {self.price_id("s.price_idx")} AS price_id,
+               {self.price_id("s.price_idx")} AS plan_id, s.quantity,
+               CASE WHEN s.ended_at IS NOT NULL THEN 'canceled'
+                    WHEN s.trial_end > {_ts(DATA_END)} THEN 'trialing'
+                    WHEN l.last_status IN ('open', 'uncollectible', 'void') THEN 'past_due'
+                    ELSE 'active' END AS status,
+               s.anchor AS billing_cycle_anchor, 'charge_automatically' AS billing,
+               l.cur_start AS current_period_start, l.cur_end AS current_period_end,
+               {self.mkid("in_", "inv.id", "l.last_inv_key")} AS latest_invoice_id,
+               CASE WHEN s.has_trial THEN s.created END AS trial_start, s.trial_end,
+               s.ended_at, CASE WHEN s.ended_at IS NOT NULL THEN
+                   greatest(s.created, s.ended_at - to_seconds(floor({self.u("sub.cancel", "s.i")}
+                       * 20 * 86400)::BIGINT)) END AS canceled_at,
+               false AS cancel_at_period_end,
+               CASE WHEN s.ended_at IS NOT NULL THEN 'cancellation_requested' END
+                   AS cancellation_details_reason,
+               CASE WHEN s.ended_at IS NOT NULL THEN {feedback} END
+                   AS cancellation_details_feedback,
+               CASE WHEN s.ended_at IS NOT NULL AND {self.u("sub.comment", "s.i")} < 0.2
+                    THEN 'Too pricey for us, sorry – "we''ll be back"' END
+                   AS cancellation_details_comment,
+               false AS automatic_tax_enabled, 'classic' AS billing_mode_type,
+               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM sub s LEFT JOIN sub_last l USING (i) ORDER BY s.i;
+        CREATE TABLE {_data("subscription_items")} AS
+        SELECT {self.mkid("si_", "si.id", "i")} AS id,
+               {self.mkid("sub_", "sub.id", "i")} AS subscription_id,
+               {self.mkid("sub_", "sub.id", "i")} AS subscription,
+               epoch(created)::BIGINT AS created, quantity,
+               {self.price_id("price_idx")} AS price_id,
+               {self.price_nickname("price_idx")} AS price_nickname,
+               {self.mkid("prod_", "prod.id", "p")} AS price_product_id,
+               currency AS price_currency, {self.price_amount("price_idx")} AS price_unit_amount,
+               CASE WHEN iv = 1 THEN 'year' ELSE 'month' END AS price_recurring_interval,
+               1 AS price_recurring_interval_count,
+               {_ts(DATA_START)} + to_hours(p::BIGINT) + INTERVAL 1 MINUTE AS price_created,
+               {self.price_id("price_idx")} AS plan_id,
+               {self.price_nickname("price_idx")} AS plan_nickname,
+               {self.mkid("prod_", "prod.id", "p")} AS plan_product_id, currency AS plan_currency,
+               {self.price_amount("price_idx")} AS plan_amount,
+               CASE WHEN iv = 1 THEN 'year' ELSE 'month' END AS plan_interval,
+               1 AS plan_interval_count,
+               {_ts(DATA_START)} + to_hours(p::BIGINT) + INTERVAL 1 MINUTE AS plan_created,
+               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM sub;
         """)
 
+    # -- charges ------------------------------------------------------------------------------
+
     def charges(self) -> None:
-        n_invoice_charges = self.count("inv_charge")
+        n_invoice_charges = self.count("inv_x WHERE charged")
         n = max(self.n_charges_target - n_invoice_charges, 5)
         nc = self.n_customers
         merchant = _pick(_MERCHANTS, self.u("ch.merchant", "i"))
@@ -680,67 +856,61 @@ class _Generator:
             f"{self.u('ch.amt2', 'i')})))"
         )
         per_usd = _case_map("currency", {c[0]: str(c[2]) for c in _CURRENCIES}, "1.0")
+        fx_rate = _case_map(
+            "currency", {c[0]: self.fx_rate(c[0], "day_of(created)") for c in _CURRENCIES}, "1.0"
+        )
         fail_code = _weighted(
             [("'card_declined'", 0.55), ("'insufficient_funds'", 0.2), ("'expired_card'", 0.1),
              ("'incorrect_cvc'", 0.1), ("'processing_error'", 0.05)],
             self.u("ch.fcode", "cidx"),
         )  # fmt: skip
         self.sql(f"""
-        CREATE TEMP TABLE oneoff AS
-        SELECT i, q, tq(q) AS created,
-               CASE WHEN {self.u("ch.guest", "i")} < 0.1 THEN NULL
-                    ELSE greatest(0, floor({self.u("ch.cust", "i")} * (q * {nc} - 1)))::BIGINT
-               END AS cust_idx,
-               {amount_major} AS amount_major, {desc} AS description, {guest_cur} AS guest_currency
-        FROM (SELECT i, (i + {self.u("ch.t", "i")}) / {n} AS q FROM range({n}) t(i));
-        CREATE TEMP TABLE charge_in AS
-        SELECT o.i AS cidx, o.created, o.cust_idx, c.currency AS cust_currency,
-               coalesce(c.currency, o.guest_currency) AS currency,
-               NULL::BIGINT AS inv_key, NULL::VARCHAR AS invoice_id, o.description,
-               {self.u("ch.fail", "o.i")} < 0.08 AS failed, o.amount_major
-        FROM oneoff o LEFT JOIN cust c ON c.i = o.cust_idx;
         CREATE TEMP TABLE charge_a AS
-        SELECT cidx, created, cust_idx, currency, inv_key, invoice_id, description, failed,
+        SELECT i AS cidx, created, cust_idx, cust.city_idx AS cust_city,
+               CASE WHEN cust_idx IS NULL THEN guest_currency
+                    ELSE {self.cus_currency("cust_idx")} END AS currency,
+               NULL::BIGINT AS inv_key, description, {self.u("ch.fail", "i")} < 0.08 AS failed,
+               amount_major
+        FROM (SELECT i, tq(q) AS created,
+                     CASE WHEN {self.u("ch.guest", "i")} < 0.1 THEN NULL
+                          ELSE greatest(0, floor({self.u("ch.cust", "i")} * (q * {nc} - 1)))::BIGINT
+                     END AS cust_idx,
+                     {amount_major} AS amount_major, {desc} AS description,
+                     {guest_cur} AS guest_currency
+              FROM (SELECT i, (i + {self.u("ch.t", "i")}) / {n} AS q FROM range({n}) t(i)))
+        LEFT JOIN (SELECT i AS cust_idx, city_idx FROM cust) cust USING (cust_idx);
+        CREATE TEMP TABLE charge_b AS
+        SELECT cidx, created, cust_idx, cust_city, currency, inv_key, description, failed,
                CASE WHEN cur_exp(currency) = 0
                     THEN greatest(50, round(amount_major * {per_usd}))::BIGINT
                     ELSE greatest(50, round(amount_major * {per_usd} * 100))::BIGINT END AS amount
-        FROM charge_in
+        FROM charge_a
         UNION ALL
-        SELECT {_INVOICE_CHARGE} + inv_key AS cidx, created, cust_idx, currency, inv_key,
-               invoice_id,
-               description, failed, amount
-        FROM inv_charge;
-        DROP TABLE charge_in; DROP TABLE oneoff;
-        """)
-        fx_rate = _case_map("ch.currency", {c[0]: f"fx_day.r_{c[0]}" for c in _CURRENCIES}, "1.0")
-        self.sql(f"""
-        CREATE TEMP TABLE charge_b AS
-        SELECT ch.*, NOT ch.failed AS succeeded,
-               ch.currency IN ({", ".join(_lit(c[0]) for c in _CURRENCIES if c[4])})
-                   AS settles_same,
+        SELECT {_INVOICE_CHARGE} + inv_key, charge_at, cust_idx, cust_city, currency, inv_key,
+               CASE WHEN k <= (CASE WHEN has_trial THEN 1 ELSE 0 END)
+                    THEN 'Subscription creation' ELSE 'Subscription update' END,
+               failed, total
+        FROM inv_x WHERE charged;
+        DROP TABLE charge_a;
+        CREATE TEMP TABLE charge_c AS
+        SELECT *, NOT failed AS succeeded,
+               currency IN ({", ".join(_lit(c[0]) for c in _CURRENCIES if c[4])}) AS settles_same,
                round(1.0 / {fx_rate} * (1 + ({self.u("ch.fxn", "cidx")} - 0.5) * 0.01), 6)
                    AS rate_to_usd,
-               {self.u("ch.refund", "cidx")} < 0.07 AS wants_refund,
-               ch.created + to_seconds((3600 + floor({self.u("ch.rdelay", "cidx")}
+               created + to_seconds((3600 + floor({self.u("ch.rdelay", "cidx")}
                    * 30 * 86400))::BIGINT) AS refund_at,
-               {self.u("ch.dispute", "cidx")} < 0.006 AS wants_dispute,
-               ch.created + to_seconds((10 * 86400 + floor({self.u("ch.ddelay", "cidx")}
+               created + to_seconds((10 * 86400 + floor({self.u("ch.ddelay", "cidx")}
                    * 50 * 86400))::BIGINT) AS dispute_at,
                {self.u("ch.rfull", "cidx")} < 0.7 AS full_refund
-        FROM charge_a ch
-        JOIN fx_day ON fx_day.d = date_sub('day', {_ts(DATA_START)}, ch.created);
-        DROP TABLE charge_a;
+        FROM charge_b;
+        DROP TABLE charge_b;
+        -- narrow (no ids, no customer attributes) and sorted once: the tables built from it are
+        -- plain order-preserving projections
         CREATE TEMP TABLE charge AS
-        SELECT ch.*, c.*,
-               {self.mkid("ch_", "ch.id", "cidx")} AS id,
-               {self.mkid("pi_", "pi.id", "cidx")} AS pi_id,
-               CASE WHEN succeeded THEN {self.mkid("txn_", "txn.id", "cidx")} END AS bt_id,
-               CASE WHEN has_refund THEN {self.mkid("re_", "re.id", "cidx")} END AS refund_id,
-               CASE WHEN has_refund THEN {self.mkid("txn_", "txn.id", f"{_PIECE * 2} + cidx")}
-                   END AS refund_bt_id,
-               CASE WHEN has_dispute THEN {self.mkid("du_", "du.id", "cidx")} END AS dispute_id,
-               CASE WHEN has_dispute THEN {self.mkid("txn_", "txn.id", f"{_PIECE * 4} + cidx")}
-                   END AS dispute_bt_id,
+        SELECT cidx, created, cust_idx, cust_city, currency, inv_key, description, failed,
+               succeeded, amount,
+               settle_currency, exchange_rate, bt_amount, full_refund, refund_at, dispute_at,
+               has_refund, has_dispute,
                CASE WHEN succeeded THEN round(bt_amount * 0.029)::BIGINT
                    + CASE settle_currency WHEN 'eur' THEN 25 WHEN 'gbp' THEN 20 ELSE 30 END
                    + CASE WHEN settles_same THEN 0 ELSE round(bt_amount * 0.01)::BIGINT END
@@ -750,7 +920,7 @@ class _Generator:
                         ELSE greatest(1, floor(amount * (0.2 + 0.7
                              * {self.u("ch.rpart", "cidx")})))::BIGINT END
                ELSE 0 END AS amount_refunded,
-               {fail_code} AS failure_code
+               CASE WHEN failed THEN {fail_code} END AS failure_code
         FROM (
             SELECT *,
                    CASE WHEN settles_same THEN currency ELSE 'usd' END AS settle_currency,
@@ -758,27 +928,39 @@ class _Generator:
                    CASE WHEN settles_same THEN amount
                         ELSE round(amount / CASE WHEN cur_exp(currency) = 0 THEN 1 ELSE 100 END
                                    * rate_to_usd * 100)::BIGINT END AS bt_amount,
-                   succeeded AND wants_refund AND refund_at < {_ts(DATA_END)} AS has_refund,
-                   succeeded AND NOT (wants_refund AND refund_at < {_ts(DATA_END)})
-                       AND wants_dispute AND dispute_at < {_ts(DATA_END)} AS has_dispute
-            FROM charge_b) ch
-        LEFT JOIN (SELECT i AS c_i, id AS c_id, pm_id AS c_pm_id, card_id AS c_card_id,
-                          card_brand AS c_brand, card_funding AS c_funding, country AS c_country,
-                          last4 AS c_last4, exp_month AS c_exp_month, exp_year AS c_exp_year,
-                          fingerprint AS c_fingerprint, name AS c_name, email AS c_email,
-                          city AS c_city, street AS c_street FROM cust) c ON c.c_i = ch.cust_idx
-        -- sorted once here, so the tables built from it are plain order-preserving scans
-        ORDER BY ch.created, ch.cidx;
-        DROP TABLE charge_b;
+                   succeeded AND {self.u("ch.refund", "cidx")} < 0.07
+                       AND refund_at < {_ts(DATA_END)} AS has_refund,
+                   succeeded AND NOT ({self.u("ch.refund", "cidx")} < 0.07
+                                      AND refund_at < {_ts(DATA_END)})
+                       AND {self.u("ch.dispute", "cidx")} < 0.006
+                       AND dispute_at < {_ts(DATA_END)} AS has_dispute
+            FROM charge_c)
+        ORDER BY created, cidx;
+        DROP TABLE charge_c;
         """)
         self.insert_charges()
         self.insert_payment_intents()
         self.insert_refunds_and_disputes()
-        self.insert_invoice_tables()
+
+    def charge_ids(self) -> dict[str, str]:
+        """Ids derived from a ``charge`` row (lazy CASEs compute only the ones that exist)."""
+        return {
+            "id": self.mkid("ch_", "ch.id", "cidx"),
+            "pi": self.mkid("pi_", "pi.id", "cidx"),
+            "bt": f"CASE WHEN succeeded THEN {self.mkid('txn_', 'txn.id', 'cidx')} END",
+            "invoice": f"CASE WHEN inv_key IS NOT NULL"
+            f" THEN {self.mkid('in_', 'inv.id', 'inv_key')} END",
+            "customer": f"CASE WHEN cust_idx IS NOT NULL"
+            f" THEN {self.mkid('cus_', 'cus.id', 'cust_idx')} END",
+            "dispute": f"CASE WHEN has_dispute THEN {self.mkid('du_', 'du.id', 'cidx')} END",
+            "pm": f"CASE WHEN cust_idx IS NULL THEN {self.mkid('pm_', 'ch.pm', 'cidx')}"
+            f" ELSE {self.mkid('pm_', 'cus.pm', 'cust_idx')} END",
+        }
 
     def insert_charges(self) -> None:
+        ids = self.charge_ids()
         fail_message = _case_map(
-            "ch.failure_code",
+            "failure_code",
             {
                 "card_declined": "'Your card was declined.'",
                 "insufficient_funds": "'Your card has insufficient funds.'",
@@ -787,84 +969,95 @@ class _Generator:
                 "processing_error": "'An error occurred while processing your card. Try again.'",
             },
         )
-        blocked = f"{self.u('ch.blocked', 'ch.cidx')} < 0.1"
-        guest = "ch.c_i IS NULL"
+        blocked = f"{self.u('ch.blocked', 'cidx')} < 0.1"
+        guest = "cust_idx IS NULL"
+
+        def cus(attr: str) -> str:  # a customer attribute, NULL for guests
+            return (
+                f"CASE WHEN {guest} THEN NULL ELSE {getattr(self, 'cus_' + attr)('cust_idx')} END"
+            )
+
         self.sql(f"""
         CREATE TABLE {_data("charges")} AS
-        SELECT ch.id, ch.created, ch.amount, ch.currency, ch.description,
-               ch.c_id AS customer_id, ch.invoice_id, ch.pi_id AS payment_intent,
-               CASE WHEN ch.succeeded THEN 'succeeded' ELSE 'failed' END AS status,
-               ch.succeeded AS paid, ch.succeeded AS captured,
-               CASE WHEN ch.succeeded THEN ch.created END AS captured_at,
-               ch.amount_refunded, ch.has_refund AND ch.full_refund AS refunded,
-               ch.dispute_id, ch.bt_id AS balance_transaction_id,
-               CASE WHEN ch.failed THEN ch.failure_code END AS failure_code,
-               CASE WHEN ch.failed THEN {fail_message} END AS failure_message,
-               CASE WHEN ch.succeeded THEN 'authorized'
+        SELECT {ids["id"]} AS id, created, amount, currency, description,
+               {ids["customer"]} AS customer_id, {ids["invoice"]} AS invoice_id,
+               {ids["pi"]} AS payment_intent,
+               CASE WHEN succeeded THEN 'succeeded' ELSE 'failed' END AS status,
+               succeeded AS paid, succeeded AS captured,
+               CASE WHEN succeeded THEN created END AS captured_at,
+               amount_refunded, has_refund AND full_refund AS refunded,
+               {ids["dispute"]} AS dispute_id, {ids["bt"]} AS balance_transaction_id,
+               failure_code, {fail_message} AS failure_message,
+               CASE WHEN succeeded THEN 'authorized'
                     WHEN {blocked} THEN 'blocked' ELSE 'issuer_declined' END AS outcome_type,
-               CASE WHEN ch.succeeded THEN 'approved_by_network'
+               CASE WHEN succeeded THEN 'approved_by_network'
                     WHEN {blocked} THEN 'not_sent_to_network'
                     ELSE 'declined_by_network' END AS outcome_network_status,
-               CASE WHEN ch.failed AND {blocked} THEN 'highest_risk_level'
-                    WHEN ch.failed THEN 'generic_decline' END AS outcome_reason,
-               CASE WHEN ch.failed AND {blocked} THEN 'highest'
-                    WHEN {self.u("ch.risk", "ch.cidx")} < 0.08 THEN 'elevated'
+               CASE WHEN failed AND {blocked} THEN 'highest_risk_level'
+                    WHEN failed THEN 'generic_decline' END AS outcome_reason,
+               CASE WHEN failed AND {blocked} THEN 'highest'
+                    WHEN {self.u("ch.risk", "cidx")} < 0.08 THEN 'elevated'
                     ELSE 'normal' END AS outcome_risk_level,
-               floor({self.u("ch.score", "ch.cidx")} * 60)::BIGINT
-                   + CASE WHEN ch.failed AND {blocked} THEN 40 ELSE 0 END AS outcome_risk_score,
-               CASE WHEN ch.succeeded THEN 'Payment complete.'
+               floor({self.u("ch.score", "cidx")} * 60)::BIGINT
+                   + CASE WHEN failed AND {blocked} THEN 40 ELSE 0 END AS outcome_risk_score,
+               CASE WHEN succeeded THEN 'Payment complete.'
                     WHEN {blocked} THEN 'Stripe blocked this payment as too risky.'
                     ELSE 'The bank did not return any further details with this decline.'
                END AS outcome_seller_message,
-               'card' AS payment_method_type,
-               -- guests (no customer) pay with a one-off card; CASE evaluates only what it needs
-               CASE WHEN {guest} THEN {self.mkid("pm_", "ch.pm", "ch.cidx")} ELSE ch.c_pm_id END
-                   AS payment_method_id,
-               CASE WHEN {guest} THEN {self.mkid("card_", "ch.card", "ch.cidx")}
-                    ELSE ch.c_card_id END AS card_id,
-               coalesce(ch.c_brand, 'visa') AS card_brand,
-               coalesce(ch.c_funding, 'credit') AS card_funding,
-               coalesce(ch.c_country, 'US') AS card_country,
-               CASE WHEN {guest} THEN lpad((ch.cidx % 10000)::VARCHAR, 4, '0')
-                    ELSE ch.c_last4 END AS card_last4,
-               coalesce(ch.c_exp_month, 12) AS card_exp_month,
-               coalesce(ch.c_exp_year, 2030) AS card_exp_year,
-               CASE WHEN {guest} THEN concat(b3(id_h(11, ch.cidx)), b3(id_h(12, ch.cidx)),
-                        b3(id_h(13, ch.cidx)), b3(id_h(14, ch.cidx)), b3(id_h(15, ch.cidx)),
-                        b1(id_h(16, ch.cidx))) ELSE ch.c_fingerprint END AS card_fingerprint,
-               ch.c_name AS card_name,
+               'card' AS payment_method_type, {ids["pm"]} AS payment_method_id,
+               CASE WHEN {guest} THEN {self.mkid("card_", "ch.card", "cidx")}
+                    ELSE {self.mkid("card_", "cus.card", "cust_idx")} END AS card_id,
+               CASE WHEN {guest} THEN 'visa' ELSE {self.cus_brand("cust_idx")} END AS card_brand,
+               CASE WHEN {guest} THEN 'credit' ELSE {self.cus_funding("cust_idx")} END
+                   AS card_funding,
+               CASE WHEN {guest} THEN 'US' ELSE {self.country_of("cust_city")} END
+                   AS card_country,
+               CASE WHEN {guest} THEN lpad((cidx % 10000)::VARCHAR, 4, '0')
+                    ELSE {self.cus_last4("cust_idx")} END AS card_last4,
+               CASE WHEN {guest} THEN 12 ELSE {self.cus_exp_month("cust_idx")} END
+                   AS card_exp_month,
+               CASE WHEN {guest} THEN 2030 ELSE {self.cus_exp_year("cust_idx")} END
+                   AS card_exp_year,
+               CASE WHEN {guest} THEN {self.cus_fingerprint(f"{_PIECE} + cidx")}
+                    ELSE {self.cus_fingerprint("cust_idx")} END AS card_fingerprint,
+               {cus("name")} AS card_name,
                CASE WHEN {guest} THEN NULL ELSE 'pass' END AS card_cvc_check,
                CASE WHEN {guest} THEN NULL ELSE 'pass' END AS card_address_zip_check,
-               ch.c_country AS card_address_country, ch.c_city AS card_address_city,
-               ch.c_street AS card_address_line1,
-               CASE WHEN ch.succeeded THEN ch.c_email END AS receipt_email,
-               CASE WHEN ch.succeeded AND ch.c_email IS NOT NULL
-                    THEN '1' || lpad((ch.cidx % 10000000)::VARCHAR, 7, '0') || '-'
-                         || lpad(((ch.cidx // 7) % 10000)::VARCHAR, 4, '0') END AS receipt_number,
+               {self.country_of("cust_city")} AS card_address_country,
+               {self.city_of("cust_city")} AS card_address_city,
+               {cus("street")} AS card_address_line1,
+               CASE WHEN succeeded THEN {cus("email")} END AS receipt_email,
+               CASE WHEN succeeded AND NOT {guest}
+                    THEN '1' || lpad((cidx % 10000000)::VARCHAR, 7, '0') || '-'
+                         || lpad(((cidx // 7) % 10000)::VARCHAR, 4, '0') END AS receipt_number,
                'BATCHRUNNER* DEMO' AS calculated_statement_descriptor,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM charge ch;
+        FROM charge;
         """)
 
     def insert_payment_intents(self) -> None:
+        ids = self.charge_ids()
         self.sql(f"""
         CREATE TABLE {_data("payment_intents")} AS
-        SELECT ch.pi_id AS id,
-               greatest({_ts(DATA_START)}, ch.created - INTERVAL 2 SECOND) AS created,
-               ch.amount, ch.currency, ch.c_id AS customer_id, ch.invoice_id, ch.description,
-               CASE WHEN ch.succeeded THEN 'succeeded' ELSE 'requires_payment_method' END AS status,
+        SELECT {ids["pi"]} AS id,
+               greatest({_ts(DATA_START)}, created - INTERVAL 2 SECOND) AS created,
+               amount, currency, {ids["customer"]} AS customer_id,
+               {ids["invoice"]} AS invoice_id, description,
+               CASE WHEN succeeded THEN 'succeeded' ELSE 'requires_payment_method' END AS status,
                0 AS amount_capturable, 'automatic' AS capture_method,
                'automatic' AS confirmation_method, 'card' AS payment_method_types,
-               CASE WHEN ch.succeeded AND ch.c_i IS NOT NULL THEN ch.c_pm_id END
-                   AS payment_method_id,
-               CASE WHEN ch.failed THEN 'card_error' END AS last_payment_error_type,
-               CASE WHEN ch.failed THEN ch.id END AS last_payment_error_charge,
-               CASE WHEN ch.invoice_id IS NOT NULL THEN 'off_session' END AS setup_future_usage,
-               ch.c_email AS receipt_email, {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM charge ch;
+               CASE WHEN succeeded THEN {ids["pm"]} END AS payment_method_id,
+               CASE WHEN failed THEN 'card_error' END AS last_payment_error_type,
+               CASE WHEN failed THEN {ids["id"]} END AS last_payment_error_charge,
+               CASE WHEN inv_key IS NOT NULL THEN 'off_session' END AS setup_future_usage,
+               CASE WHEN cust_idx IS NOT NULL THEN {self.cus_email("cust_idx")} END
+                   AS receipt_email,
+               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
+        FROM charge;
         """)
 
     def insert_refunds_and_disputes(self) -> None:
+        ids = self.charge_ids()
         reason = _weighted(
             [("'requested_by_customer'", 0.6), ("'duplicate'", 0.1), ("'fraudulent'", 0.05),
              ("NULL", 0.25)],
@@ -890,29 +1083,28 @@ class _Generator:
         )
         self.sql(f"""
         CREATE TABLE {_data("refunds")} AS
-        SELECT refund_id AS id, id AS charge_id, refund_at AS created, amount_refunded AS amount,
-               currency, refund_bt_id AS balance_transaction_id, {reason} AS reason,
-               'succeeded' AS status, pi_id AS refund_payment_intent,
+        SELECT {self.mkid("re_", "re.id", "cidx")} AS id, {ids["id"]} AS charge_id,
+               refund_at AS created, amount_refunded AS amount, currency,
+               {self.mkid("txn_", "txn.id", f"{_PIECE * 2} + cidx")} AS balance_transaction_id,
+               {reason} AS reason, 'succeeded' AS status, {ids["pi"]} AS refund_payment_intent,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
         FROM charge WHERE has_refund ORDER BY refund_at, cidx;
         CREATE TEMP TABLE dispute AS
-        SELECT cidx, id AS charge_id, dispute_id AS id, dispute_at AS created, amount, currency,
-               bt_amount, settle_currency, exchange_rate, dispute_bt_id, {d_reason} AS reason,
-               {self.u("du.outcome", "cidx")} AS outcome,
-               dispute_at + to_seconds((30 * 86400 + floor({self.u("du.rdelay", "cidx")}
-                   * 45 * 86400))::BIGINT) AS closed_at
-        FROM charge WHERE has_dispute;
-        CREATE TEMP TABLE dispute_x AS
         SELECT *,
                CASE WHEN closed_at >= {_ts(DATA_END)} THEN
                         CASE WHEN created >= {_ts(DATA_END)} - INTERVAL 7 DAY THEN 'needs_response'
                              ELSE 'under_review' END
                     WHEN outcome < 0.35 THEN 'won' WHEN outcome < 0.9 THEN 'lost'
-                    ELSE 'warning_closed' END AS status,
-               {self.mkid("txn_", "txn.id", f"{_PIECE * 5} + cidx")} AS reversal_bt_id
-        FROM dispute;
+                    ELSE 'warning_closed' END AS status
+        FROM (
+            SELECT cidx, dispute_at AS created, amount, currency, bt_amount, settle_currency,
+                   exchange_rate, {d_reason} AS reason, {self.u("du.outcome", "cidx")} AS outcome,
+                   dispute_at + to_seconds((30 * 86400 + floor({self.u("du.rdelay", "cidx")}
+                       * 45 * 86400))::BIGINT) AS closed_at
+            FROM charge WHERE has_dispute);
         CREATE TABLE {_data("disputes")} AS
-        SELECT id, charge_id, created, amount, currency, reason, status,
+        SELECT {self.mkid("du_", "du.id", "cidx")} AS id, {ids["id"]} AS charge_id,
+               created, amount, currency, reason, status,
                {network_code} AS network_reason_code, 'visa' AS network_details_type,
                false AS is_charge_refundable,
                created + INTERVAL 7 DAY AS evidence_details_due_by,
@@ -925,243 +1117,168 @@ class _Generator:
                     THEN 'Customer received the order, see tracking – "delivered", signed.'
                END AS evidence_uncategorized_text,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM dispute_x ORDER BY created, cidx;
-        """)
-
-    def insert_invoice_tables(self) -> None:
-        self.sql(f"""
-        CREATE TEMP TABLE inv_final AS
-        SELECT inv.*, ch.id AS charge_id, ch.succeeded AS charge_ok, ch.created AS charged_at,
-               CASE WHEN inv.total = 0 OR ch.succeeded THEN 'paid'
-                    WHEN ch.id IS NULL OR inv.period_start >= {_ts(DATA_END)} - INTERVAL 30 DAY
-                        THEN 'open'
-                    WHEN {self.u("inv.void", "inv.inv_key")} < 0.5 THEN 'uncollectible'
-                    ELSE 'void' END AS status
-        FROM inv LEFT JOIN charge ch ON ch.cidx = {_INVOICE_CHARGE} + inv.inv_key;
-        CREATE TABLE {_data("invoices")} AS
-        SELECT id, customer_id, sub_id AS subscription_id, charge_id, currency,
-               period_start AS date, period_start, period_end,
-               total AS amount_due, CASE WHEN status = 'paid' THEN total ELSE 0 END AS amount_paid,
-               CASE WHEN status = 'paid' THEN 0 ELSE total END AS amount_remaining,
-               total AS subtotal, total, 0 AS starting_balance, 0 AS ending_balance,
-               status, status = 'paid' AS paid, false AS paid_out_of_band,
-               charge_id IS NOT NULL AS attempted,
-               CASE WHEN charge_id IS NULL THEN 0 WHEN charge_ok THEN 1
-                    ELSE 1 + floor({self.u("inv.attempts", "inv_key")} * 3)::BIGINT END
-                   AS attempt_count,
-               status = 'open' AS auto_advance,
-               CASE WHEN k = 0 THEN 'subscription_create' ELSE 'subscription_cycle' END
-                   AS billing_reason,
-               'charge_automatically' AS collection_method,
-               right(sub_id, 8) || '-' || lpad((k + 1)::VARCHAR, 4, '0') AS number,
-               customer_email, customer_name, customer_country AS customer_address_country,
-               'none' AS customer_tax_exempt, false AS automatic_tax_enabled,
-               period_start + INTERVAL 1 HOUR AS status_transitions_finalized_at,
-               period_start + INTERVAL 1 HOUR AS effective_at,
-               CASE WHEN status = 'paid' THEN coalesce(charged_at, period_start
-                   + INTERVAL 1 HOUR) END AS status_transitions_paid_at,
-               CASE WHEN status = 'void' THEN period_start + INTERVAL 20 DAY END
-                   AS status_transitions_voided_at,
-               CASE WHEN status = 'uncollectible' THEN period_start + INTERVAL 20 DAY END
-                   AS status_transitions_marked_uncollectible_at,
-               CASE WHEN status = 'open' THEN period_start + INTERVAL 3 DAY END
-                   AS next_payment_attempt,
-               period_start + INTERVAL 1 MINUTE AS webhooks_delivered_at,
-               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM inv_final ORDER BY period_start, inv_key;
-        CREATE TABLE {_data("invoice_line_items")} AS
-        SELECT line_id AS id, id AS invoice_id, total AS amount, currency,
-               CASE WHEN total = 0 THEN 'Trial period for ' || product_name
-                    ELSE quantity::VARCHAR || ' × ' || product_name || ' (' || price_nickname || ')'
-               END AS description,
-               true AS discountable, period_start, period_end, price_id AS plan_id, price_id,
-               false AS proration, quantity, sub_id AS subscription,
-               item_id AS subscription_item_id, 'subscription' AS source_type, sub_id AS source_id,
-               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM inv_final ORDER BY period_start, inv_key;
-        """)
-        self.insert_subscription_tables()
-
-    def insert_subscription_tables(self) -> None:
-        feedback = _weighted(
-            [("'too_expensive'", 0.3), ("'missing_features'", 0.2), ("'switched_service'", 0.2),
-             ("'unused'", 0.2), ("'other'", 0.1)],
-            self.u("sub.feedback", "s.i"),
-        )  # fmt: skip
-        self.sql(f"""
-        CREATE TEMP TABLE sub_last AS
-        SELECT i, max(k) AS last_k, arg_max(period_start, k) AS cur_start,
-               arg_max(period_end, k) AS cur_end, arg_max(id, k) AS latest_invoice_id,
-               arg_max(status, k) AS last_status
-        FROM inv_final GROUP BY i;
-        CREATE TABLE {_data("subscriptions")} AS
-        SELECT s.id, s.customer_id, s.created, s.created AS start, s.created AS start_date,
-               s.price_id, s.price_id AS plan_id, s.quantity,
-               CASE WHEN s.ended_at IS NOT NULL THEN 'canceled'
-                    WHEN s.trial_end > {_ts(DATA_END)} THEN 'trialing'
-                    WHEN l.last_status IN ('open', 'uncollectible', 'void') THEN 'past_due'
-                    ELSE 'active' END AS status,
-               s.anchor AS billing_cycle_anchor, 'charge_automatically' AS billing,
-               l.cur_start AS current_period_start, l.cur_end AS current_period_end,
-               l.latest_invoice_id,
-               CASE WHEN s.has_trial THEN s.created END AS trial_start, s.trial_end,
-               s.ended_at, CASE WHEN s.ended_at IS NOT NULL THEN
-                   greatest(s.created, s.ended_at - to_seconds(floor({self.u("sub.cancel", "s.i")}
-                       * 20 * 86400)::BIGINT)) END AS canceled_at,
-               false AS cancel_at_period_end,
-               CASE WHEN s.ended_at IS NOT NULL THEN 'cancellation_requested' END
-                   AS cancellation_details_reason,
-               CASE WHEN s.ended_at IS NOT NULL THEN {feedback} END
-                   AS cancellation_details_feedback,
-               CASE WHEN s.ended_at IS NOT NULL AND {self.u("sub.comment", "s.i")} < 0.2
-                    THEN 'Too pricey for us, sorry – "we''ll be back"' END
-                   AS cancellation_details_comment,
-               false AS automatic_tax_enabled, 'classic' AS billing_mode_type,
-               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM sub s LEFT JOIN sub_last l USING (i) ORDER BY s.created, s.i;
-        CREATE TABLE {_data("subscription_items")} AS
-        SELECT s.item_id AS id, s.id AS subscription_id, s.id AS subscription,
-               epoch(s.created)::BIGINT AS created, s.quantity,
-               s.price_id, s.price_nickname, s.product_id AS price_product_id,
-               s.currency AS price_currency, s.unit_amount AS price_unit_amount,
-               s.interval AS price_recurring_interval, 1 AS price_recurring_interval_count,
-               p.created AS price_created, s.price_id AS plan_id, s.price_nickname AS plan_nickname,
-               s.product_id AS plan_product_id, s.currency AS plan_currency,
-               s.unit_amount AS plan_amount, s.interval AS plan_interval,
-               1 AS plan_interval_count, p.created AS plan_created,
-               {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM sub s JOIN price p ON p.id = s.price_id ORDER BY s.created, s.i;
+        FROM dispute ORDER BY created, cidx;
         """)
 
     # -- transfers and the balance ------------------------------------------------------------
 
     def transfers(self) -> None:
         n = self.n_transfers
+        group = (
+            f"CASE WHEN {self.u('tr.group', 'i')} < 0.4 THEN 'ORDER_' || (10000 + i)::VARCHAR END"
+        )
+        destination = self.mkid(
+            "acct_", "acct.id", f"floor({self.u('tr.dest', 'i')} * {self.n_accounts})::BIGINT"
+        )
         self.sql(f"""
         CREATE TEMP TABLE xfer AS
         SELECT i, tq((i + {self.u("tr.t", "i")}) / {n}) AS created,
-               {self.mkid("tr_", "tr.id", "i")} AS id,
-               {self.mkid("txn_", "txn.id", f"{_PIECE * 3} + i")} AS bt_id,
-               {
-            self.mkid(
-                "acct_", "acct.id", f"floor({self.u('tr.dest', 'i')} * {self.n_accounts})::BIGINT"
-            )
-        }
-                   AS destination_id,
                greatest(100, round(lognormal(9.2, 1.0, {self.u("tr.a1", "i")},
                                              {self.u("tr.a2", "i")})))::BIGINT AS amount,
-               CASE WHEN {self.u("tr.group", "i")} < 0.4
-                    THEN 'ORDER_' || (10000 + i)::VARCHAR END AS transfer_group
+               {group} AS transfer_group
         FROM range({n}) t(i);
         CREATE TABLE {_data("transfers")} AS
-        SELECT id, created, created AS date, amount, 'usd' AS currency, 0 AS amount_reversed,
-               false AS reversed, false AS automatic, bt_id AS balance_transaction_id,
-               destination_id, transfer_group, 'paid' AS status, 'stripe_account' AS type,
-               'card' AS source_type,
+        SELECT {self.mkid("tr_", "tr.id", "i")} AS id, created, created AS date, amount,
+               'usd' AS currency, 0 AS amount_reversed, false AS reversed, false AS automatic,
+               {self.mkid("txn_", "txn.id", f"{_PIECE * 3} + i")} AS balance_transaction_id,
+               {destination} AS destination_id, transfer_group, 'paid' AS status,
+               'stripe_account' AS type, 'card' AS source_type,
                CASE WHEN transfer_group IS NOT NULL THEN 'Payout share – ' || transfer_group END
                    AS description,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM xfer ORDER BY created, i;
+        FROM xfer;
         """)
 
     def balance_transactions(self) -> None:
-        """Charges, refunds, disputes, transfers and Stripe fees, then daily payouts of them."""
-        months = [(DATA_START.year + m // 12, m % 12 + 1) for m in range(36)]
+        """Charges, refunds, disputes, transfers and Stripe fees, then the payouts of them.
+
+        Pieces are numbered (1 charge, 2 refund, 3 transfer, 4 dispute, 5 dispute reversal,
+        6 Stripe fee, 7 payout); a transaction's id and source id are functions of its piece
+        and index, computed after the one sort.
+        """
         fee_rows = []
-        for m, (year, month) in enumerate(months):
-            start = datetime(year, month, 1)
+        for m in range(36):
+            start = datetime(DATA_START.year + m // 12, m % 12 + 1, 1)
             end = (start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
             period = f"({start:%Y-%m-%d} - {end:%Y-%m-%d})"
-            fee_rows.append(f"({m * 2}, {_lit(end.strftime('%Y-%m-%d'))}, "
-                            f"{_lit(f'Billing - Usage Fee {period}')})")  # fmt: skip
-            fee_rows.append(f"({m * 2 + 1}, {_lit(end.strftime('%Y-%m-%d'))}, "
-                            f"{_lit(f'Radar {period}: Radar for Fraud Teams')})")  # fmt: skip
+            day = _lit(end.strftime("%Y-%m-%d"))
+            fee_rows.append(f"({m * 2}, {day}, {_lit(f'Billing - Usage Fee {period}')})")
+            fee_rows.append(
+                f"({m * 2 + 1}, {day}, {_lit(f'Radar {period}: Radar for Fraud Teams')})"
+            )
         self.sql(f"""
         CREATE TEMP TABLE bt0 AS
-        SELECT bt_id AS id, created, 'charge' AS type, 'charge' AS reporting_category,
-               bt_amount AS amount, fee, settle_currency AS currency, exchange_rate,
-               id AS source_id, description, 1 AS piece, cidx AS idx
+        SELECT 1 AS piece, cidx AS idx, created, bt_amount AS amount, fee,
+               settle_currency AS currency, exchange_rate, description
         FROM charge WHERE succeeded
         UNION ALL
-        SELECT refund_bt_id, refund_at, 'refund', 'refund',
+        SELECT 2, cidx, refund_at,
                -CASE WHEN full_refund THEN bt_amount
                      ELSE round(amount_refunded * bt_amount / amount)::BIGINT END,
-               0, settle_currency, exchange_rate, refund_id,
-               'REFUND FOR CHARGE (' || coalesce(description, 'no description') || ')', 2, cidx
+               0, settle_currency, exchange_rate,
+               'REFUND FOR CHARGE (' || coalesce(description, 'no description') || ')'
         FROM charge WHERE has_refund
         UNION ALL
-        SELECT bt_id, created, 'transfer', 'transfer', -amount, 0, 'usd', NULL, id,
-               NULL, 3, i
-        FROM xfer
+        SELECT 3, i, created, -amount, 0, 'usd', NULL, NULL FROM xfer
         UNION ALL
-        SELECT dispute_bt_id, created, 'adjustment', 'dispute', -bt_amount,
+        SELECT 4, cidx, created, -bt_amount,
                CASE settle_currency WHEN 'eur' THEN 2000 WHEN 'gbp' THEN 2000 ELSE 1500 END,
-               settle_currency, exchange_rate, id, 'Chargeback withdrawal for ' || charge_id,
-               4, cidx
-        FROM dispute_x
+               settle_currency, exchange_rate, NULL
+        FROM dispute
         UNION ALL
-        SELECT reversal_bt_id, closed_at, 'adjustment', 'dispute_reversal', bt_amount, 0,
-               settle_currency, exchange_rate, id, 'Chargeback reversal for ' || charge_id, 5, cidx
-        FROM dispute_x WHERE status = 'won'
+        SELECT 5, cidx, closed_at, bt_amount, 0, settle_currency, exchange_rate, NULL
+        FROM dispute WHERE status = 'won'
         UNION ALL
-        SELECT {self.mkid("txn_", "txn.id", f"{_PIECE * 6} + f")},
-               CAST(d AS TIMESTAMP) + INTERVAL 23 HOUR + INTERVAL 30 MINUTE, 'stripe_fee', 'fee',
-               -(500 + floor({self.u("fee.amt", "f")} * 20000)::BIGINT), 0, 'usd', NULL, NULL,
-               description, 6, f
+        SELECT 6, f, CAST(d AS TIMESTAMP) + INTERVAL 23 HOUR + INTERVAL 30 MINUTE,
+               -(500 + floor({self.u("fee.amt", "f")} * 20000)::BIGINT), 0, 'usd', NULL,
+               description
         FROM (VALUES {", ".join(fee_rows)}) v(f, d, description);
+        -- available two days after a charge, the next day otherwise; paid out by the first
+        -- payout day on or after that
         CREATE TEMP TABLE bt1 AS
         SELECT *, amount - fee AS net,
-               date_trunc('day', created)
-                   + CASE WHEN piece = 1 THEN INTERVAL 2 DAY ELSE INTERVAL 1 DAY END AS available_on
-        FROM bt0;
+               {_ts(DATA_START)} + to_days((ceil(day_of(available_on) / {self.payout_days})
+                   * {self.payout_days})::INTEGER) AS payout_day
+        FROM (SELECT *, date_trunc('day', created)
+                  + CASE WHEN piece = 1 THEN INTERVAL 2 DAY ELSE INTERVAL 1 DAY END AS available_on
+              FROM bt0);
         DROP TABLE bt0;
-        -- the payout that carries a transaction: the first payout day on or after it is available
-        CREATE TEMP TABLE bt2 AS
-        SELECT *, {_ts(DATA_START)} + to_days((ceil(date_sub('day', {_ts(DATA_START)},
-                      available_on) / {self.payout_days}) * {self.payout_days})::INTEGER)
-                   AS payout_day
-        FROM bt1;
-        DROP TABLE bt1;
         CREATE TEMP TABLE payout AS
         SELECT currency, payout_day, -sum(net)::BIGINT AS amount,
-               date_sub('day', {_ts(DATA_START)}, payout_day) * 8 + cur_idx(currency) AS key
-        FROM bt2 WHERE payout_day + INTERVAL 6 HOUR < {_ts(DATA_END)}
+               day_of(payout_day) * 8 + cur_idx(currency) AS payout_key
+        FROM bt1 WHERE payout_day + INTERVAL 6 HOUR < {_ts(DATA_END)}
         GROUP BY currency, payout_day;
-        CREATE TEMP TABLE payout_x AS
-        SELECT *, {self.mkid("po_", "po.id", "key")} AS id,
-               {self.mkid("txn_", "txn.id", f"{_PIECE * 7} + key")} AS bt_id
-        FROM payout;
+        CREATE TEMP TABLE bt AS
+        SELECT * FROM (
+            SELECT b.piece, b.idx, b.created, b.amount, b.fee, b.net, b.currency,
+                   b.exchange_rate, b.description, b.available_on, p.payout_key
+            FROM bt1 b LEFT JOIN payout p USING (currency, payout_day)
+            UNION ALL
+            SELECT 7, payout_key, payout_day + INTERVAL 6 HOUR, amount, 0, amount, currency,
+                   NULL, 'STRIPE PAYOUT', payout_day + INTERVAL 6 HOUR, payout_key
+            FROM payout)
+        ORDER BY created, piece, idx;
+        DROP TABLE bt1;
+        """)
+        types = {1: "charge", 2: "refund", 3: "transfer", 4: "adjustment", 5: "adjustment",
+                 6: "stripe_fee", 7: "payout"}  # fmt: skip
+        categories = {1: "charge", 2: "refund", 3: "transfer", 4: "dispute",
+                      5: "dispute_reversal", 6: "fee", 7: "payout"}  # fmt: skip
+        offsets = {1: 0, 2: _PIECE * 2, 3: _PIECE * 3, 4: _PIECE * 4, 5: _PIECE * 5,
+                   6: _PIECE * 6, 7: _PIECE * 7}  # fmt: skip
+        charge = self.mkid("ch_", "ch.id", "idx")
+        sources = {
+            1: charge,
+            2: self.mkid("re_", "re.id", "idx"),
+            3: self.mkid("tr_", "tr.id", "idx"),
+            4: self.mkid("du_", "du.id", "idx"),
+            5: self.mkid("du_", "du.id", "idx"),
+            6: "NULL",
+            7: self.mkid("po_", "po.id", "idx"),
+        }
+        self.sql(f"""
         CREATE TABLE {_data("balance_transactions")} AS
-        SELECT id, created, type, reporting_category, amount, fee, net, currency, exchange_rate,
-               source_id, description, available_on, automatic_transfer_id,
+        SELECT {self.mkid("txn_", "txn.id", _case_int("piece", offsets) + " + idx")} AS id,
+               created, {_case_int("piece", types, quote=True)} AS type,
+               {_case_int("piece", categories, quote=True)} AS reporting_category,
+               amount, fee, net, currency, exchange_rate,
+               {_case_int("piece", sources)} AS source_id,
+               CASE piece WHEN 4 THEN 'Chargeback withdrawal for ' || {charge}
+                          WHEN 5 THEN 'Chargeback reversal for ' || {charge}
+                          ELSE description END AS description,
+               available_on,
+               CASE WHEN payout_key IS NOT NULL THEN {self.mkid("po_", "po.id", "payout_key")} END
+                   AS automatic_transfer_id,
                CASE WHEN available_on <= {_ts(DATA_LOAD_TIME)} THEN 'available' ELSE 'pending' END
                    AS status,
                {_ts(DATA_LOAD_TIME)} AS batch_timestamp
-        FROM (
-            SELECT b.* EXCLUDE (payout_day), p.id AS automatic_transfer_id
-            FROM bt2 b LEFT JOIN payout_x p USING (currency, payout_day)
-            UNION ALL
-            SELECT bt_id, payout_day + INTERVAL 6 HOUR, 'payout', 'payout', amount, 0, currency,
-                   NULL, id, 'STRIPE PAYOUT', 7, key, amount, payout_day + INTERVAL 6 HOUR, id
-            FROM payout_x)
-        ORDER BY created, piece, idx;
+        FROM bt;
         """)
 
     def mrr_events(self) -> None:
         """Subscription starts and ends as MRR changes (monthly-normalised amounts)."""
+        mrr = f"round({self.price_amount('price_idx')} * quantity / months)::BIGINT"
         self.sql(f"""
         CREATE TABLE {_data("subscription_item_change_events_v2_beta")} AS
-        SELECT * EXCLUDE (ord) FROM (
-            SELECT s.anchor AS event_timestamp, s.anchor AS local_event_timestamp,
-                   'ACTIVE_START' AS event_type, s.currency, s.customer_id,
-                   round(s.unit_amount * s.quantity / s.months)::BIGINT AS mrr_change,
-                   s.quantity AS quantity_change, s.price_id, s.product_id,
-                   s.id AS subscription_id, s.item_id AS subscription_item_id, s.i * 2 AS ord
-            FROM sub s WHERE s.anchor < {_ts(DATA_END)}
+        SELECT event_timestamp, event_timestamp AS local_event_timestamp, event_type, currency,
+               {self.mkid("cus_", "cus.id", "cust_idx")} AS customer_id,
+               sign * {mrr} AS mrr_change, sign * quantity AS quantity_change,
+               {self.price_id("price_idx")} AS price_id,
+               {self.mkid("prod_", "prod.id", "p")} AS product_id,
+               {self.mkid("sub_", "sub.id", "i")} AS subscription_id,
+               {self.mkid("si_", "si.id", "i")} AS subscription_item_id
+        FROM (
+            SELECT *, anchor AS event_timestamp, 'ACTIVE_START' AS event_type, 1 AS sign,
+                   i * 2 AS ord
+            FROM sub WHERE anchor < {_ts(DATA_END)}
             UNION ALL
-            SELECT s.ended_at, s.ended_at, 'ACTIVE_END', s.currency, s.customer_id,
-                   -round(s.unit_amount * s.quantity / s.months)::BIGINT, -s.quantity,
-                   s.price_id, s.product_id, s.id, s.item_id, s.i * 2 + 1
-            FROM sub s WHERE s.ended_at IS NOT NULL AND s.anchor < s.ended_at)
+            SELECT *, ended_at, 'ACTIVE_END', -1, i * 2 + 1
+            FROM sub WHERE ended_at IS NOT NULL AND anchor < ended_at)
         ORDER BY event_timestamp, ord;
         """)
+
+
+def _case_int(key: str, mapping: Mapping[int, object], *, quote: bool = False) -> str:
+    """``(CASE key WHEN k THEN v ...)`` for small integer keys (values quoted if ``quote``)."""
+    whens = " ".join(f"WHEN {k} THEN {_lit(str(v)) if quote else v}" for k, v in mapping.items())
+    return f"(CASE {key} {whens} END)"

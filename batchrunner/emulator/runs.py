@@ -132,6 +132,7 @@ class QueryRun:
         "first_download_at",
         "id",
         "idempotency_key",
+        "last_poll_at",
         "livemode",
         "polls",
         "spurious_failure",
@@ -164,6 +165,7 @@ class QueryRun:
         # The timeline benchmarks read (emulator clock, float seconds; not in the API object).
         self.started_at: float | None = None
         self.first_download_at: float | None = None
+        self.last_poll_at: float | None = None
         self.polls = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,7 +198,9 @@ class QueryRun:
         """Precise times (unix seconds) of the run's life, and how often it was polled.
 
         ``first_download`` is when the first request for its result file arrived, so
-        ``first_download - finalized`` is how long a client took to notice the run ended.
+        ``first_download - finalized`` is how long a client took to notice the run ended;
+        ``last_poll`` (usually the poll that found it ended) splits that delay into polling
+        and the client's own latency.
         """
         return {
             "id": self.id,
@@ -205,6 +209,7 @@ class QueryRun:
             "started": self.started_at,
             "finalized": self.finalized_at,
             "first_download": self.first_download_at,
+            "last_poll": self.last_poll_at,
             "polls": self.polls,
         }
 
@@ -447,6 +452,11 @@ class RunEngine:
     def timelines(self) -> list[dict[str, Any]]:
         """Every run's :meth:`QueryRun.timeline`, oldest first."""
         return [run.timeline() for run in self._runs.values()]
+
+    def note_poll(self, run: QueryRun) -> None:
+        """``run`` was polled successfully (counted, and its time kept)."""
+        run.polls += 1
+        run.last_poll_at = self._clock()
 
     def note_download(self, run_id: str) -> None:
         """A request for the result file of ``run_id`` arrived (the first one is kept)."""

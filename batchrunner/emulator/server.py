@@ -844,7 +844,7 @@ class EmulatorServer:
         run = self._engine.get(ctx.livemode, ctx.path_id)
         if run is None:
             raise _no_such("query run", ctx.path_id)
-        run.polls += 1
+        self._engine.note_poll(run)
         return 200, run.body()
 
     async def _create_saved(self, ctx: _Ctx) -> _Reply:

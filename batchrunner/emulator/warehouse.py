@@ -21,6 +21,7 @@ connection, so several threads (and several processes) can query the same cache 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import threading
@@ -55,8 +56,9 @@ __all__ = [
 ]
 
 _BOM = "\ufeff".encode()
+# DuckDB quotes only where needed, doubles quotes, and writes '' (not NULL) as "".
 _COPY_OPTIONS = (
-    "FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULLSTR '', "
+    "FORMAT csv, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULLSTR '', "
     "TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S.%g', DATEFORMAT '%Y-%m-%d', COMPRESSION 'none'"
 )
 # Session settings that make DuckDB behave like Trino where it matters for results.
@@ -131,10 +133,11 @@ class Warehouse:
         return self._counts
 
     def execute_to_csv(self, sql: str, dest: Path, *, bom: bool = False) -> QueryResult:
-        """Run Sigma SQL and write its result to ``dest`` as CSV; raise :class:`SqlError`.
+        """Run Sigma SQL and write its result to ``dest`` as CSV.
 
-        Blocking and thread-safe. ``dest`` appears only complete (written under a temporary
-        name in the same directory, then renamed).
+        Raises :class:`SqlError` when the query cannot run (its message is the run's error),
+        ``OSError`` when ``dest`` cannot be written. Blocking and thread-safe. ``dest`` appears
+        only complete (written under a temporary name in the same directory, then renamed).
         """
         translation = translate(
             sql, known_tables=self._counts.keys(), data_load_time=DATA_LOAD_TIME, now=EMULATED_NOW
@@ -143,10 +146,9 @@ class Warehouse:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         cursor = self._checkout()
         try:
-            rows = self._copy(cursor, translation.sql, tmp, sql)
-            if bom:
-                _prepend_bom(tmp)
-            columns = _read_header(tmp)
+            rows, columns, header_written = self._copy(cursor, translation.sql, tmp, sql)
+            if bom or not header_written:
+                _prepend(tmp, _BOM if bom else b"", b"" if header_written else _header(columns))
             size = tmp.stat().st_size
             os.replace(tmp, dest)
         finally:
@@ -196,15 +198,27 @@ class Warehouse:
             self._active.discard(cursor)
             self._idle.notify_all()
 
-    def _copy(self, cursor: duckdb.DuckDBPyConnection, query: str, tmp: Path, sql: str) -> int:
+    def _copy(
+        self, cursor: duckdb.DuckDBPyConnection, query: str, tmp: Path, sql: str
+    ) -> tuple[int, tuple[str, ...], bool]:
+        """COPY the query to ``tmp``: (data rows, column names, whether the header was written).
+
+        DuckDB renames repeated output names (``id``, ``id_1``) when it writes a header; Trino
+        keeps them, so for such results the header is left to :func:`_prepend`.
+        """
         target = str(tmp).replace("'", "''")
         try:
-            row = cursor.execute(f"COPY ({query}) TO '{target}' ({_COPY_OPTIONS})").fetchone()
+            columns = tuple(str(c) for c in cursor.sql(query).columns)  # binds, does not run
+            header = len(set(columns)) == len(columns)
+            options = f"{_COPY_OPTIONS}, HEADER {'true' if header else 'false'}"
+            row = cursor.execute(f"COPY ({query}) TO '{target}' ({options})").fetchone()
         except duckdb.InterruptException:
             raise SqlError("Query was canceled: the warehouse is shutting down") from None
+        except duckdb.IOException as err:  # the destination, not the query, is at fault
+            raise OSError(f"writing {tmp}: {err}") from err
         except duckdb.Error as err:
             raise SqlError(duckdb_error_message(str(err), sql)) from None
-        return int(row[0]) if row is not None else 0
+        return (int(row[0]) if row is not None else 0), columns, header
 
 
 def _row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -215,17 +229,20 @@ def _row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {str(name): int(n) for name, n in con.execute(union).fetchall()}
 
 
-def _prepend_bom(path: Path) -> None:
-    with_bom = path.with_name(path.name + ".bom")
+def _header(columns: tuple[str, ...]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(columns)
+    return out.getvalue().encode("utf-8")
+
+
+def _prepend(path: Path, *prefixes: bytes) -> None:
+    """Rewrite ``path`` with ``prefixes`` in front (a BOM, a header): a copy, so used rarely."""
+    rewritten = path.with_name(path.name + ".prefixed")
     try:
-        with path.open("rb") as src, with_bom.open("wb") as out:
-            out.write(_BOM)
+        with path.open("rb") as src, rewritten.open("wb") as out:
+            for prefix in prefixes:
+                out.write(prefix)
             shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(with_bom, path)
+        os.replace(rewritten, path)
     finally:
-        with_bom.unlink(missing_ok=True)
-
-
-def _read_header(path: Path) -> tuple[str, ...]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        return tuple(next(csv.reader(handle), []))
+        rewritten.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ The baseline is :mod:`benchmarks.naive_script` (requests, ``time.sleep(2)`` poll
 ``pandas.read_csv`` + ``to_parquet``), run once sequentially and once in a pool of 16
 threads, each as its own process. All three runs get the same 200 daily queries (the rate
 scenario's SQL) and an emulator with the same settings (test-mode limits on, run times of
-1-3 s, 50 concurrent runs), started fresh for each so that the n-th run created takes the
+1-3 s, up to 200 concurrent runs), started fresh for each so that the n-th run created takes the
 same time in every run. Requests are counted by the emulator, 429s included; wall times
 exclude interpreter start-up and imports on both sides.
 """

@@ -47,7 +47,7 @@ def emulator_args(time_scale: float) -> tuple[str, ...]:
         "--slow-run-factor",
         "10",
         "--max-concurrent-runs",
-        "50",
+        "200",
     )
 
 

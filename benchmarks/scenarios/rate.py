@@ -5,7 +5,7 @@ enforces the limits Stripe publishes for test mode (25 requests/s on the API hos
 endpoint, 20 reads/s on the files host) and models run times of 1-3 s
 (``--time-scale 1.667 --run-time-jitter 0.5``: (1 s + 2 µs × 93,551 rows scanned) ×
 U(0.5, 1.5) × 1.667). Stripe publishes no limit on concurrent runs; the emulator's is set to
-the runner's default ``--max-running`` (50) so that the request limits are what binds.
+200, out of the way, so that the request limits are what binds.
 
 ``lower_bound_s`` is the least time those limits allow for the ideal three requests a job:
 one create and one poll on the API host (2 × 1,000 / 25 = 80 s), one download on the files
@@ -39,7 +39,7 @@ EMULATOR_ARGS = (
     "--run-time-jitter",
     "0.5",
     "--max-concurrent-runs",
-    "50",
+    "200",
 )
 DAILY_SQL = (
     "SELECT id, amount, fee, net, currency, type, reporting_category, created "
