@@ -93,7 +93,7 @@ def _job_paths(paths: Sequence[str]) -> list[Path]:
 @click.option("--force", is_flag=True, help="Run finished jobs again.")
 @click.option(
     "--max-running",
-    default=50,
+    default=100,
     show_default=True,
     type=click.IntRange(min=1),
     help="Query runs in flight on Sigma at once.",

@@ -84,7 +84,7 @@ class RunnerConfig:
     """
 
     out_dir: Path
-    max_running: int = 50
+    max_running: int = 100
     max_downloads: int = 4
     convert_workers: int = 2
     poll: PollPolicy = PollPolicy()

@@ -4,16 +4,17 @@ Two regimes, one function:
 
 - **Nothing known yet** (the first runs of a job family): an early first poll, then
   capped exponential backoff with full jitter, floored so polls never fire back to back.
-- **Run times observed** (:class:`RunTimes`, fed with each finished run's server time):
-  the next poll goes where the remaining run time of similar runs says the run is likely
-  to have finished. The policy picks the quantile ``q`` of the *remaining* time among
-  observed runs that took longer than this one has run so far, clamped to
-  ``[floor_s, cap_s]``. ``q`` is ``quantile`` normally and ``congested_quantile`` when the
-  request budget is the bottleneck: then a poll that finds the run still going costs a
-  submission, so polls wait until the run has most likely finished.
+- **Run times observed** (:class:`RunTimes`, fed with each finished run's duration):
+  among observed runs that took longer than this one has run so far, the policy aims at
+  the quantile ``q`` of their remaining time, but never further than ``detect_target_s``
+  past the next observed finish, so a fast run in a bimodal family is not made to wait for
+  the slow mode. When the request budget is the bottleneck (``congested``) a poll that finds
+  the run still going costs a submission, so the policy aims at ``congested_quantile`` and
+  drops the bound: requests matter more than detection delay then.
 
-Once a run outlives every observation it falls back to exponential backoff measured from
-its own age, so one unusually slow query is not hammered.
+A run that outlives every observation is polled every ``max(detect_target_s, 5% of its
+age)``: steady enough to notice it soon, sparse enough not to hammer a slow query.
+Jitter only ever shortens a delay, so it never pushes a poll past its target.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+OUTLIVED_AGE_FRACTION = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +43,7 @@ class PollPolicy:
     quantile: float = 0.5
     congested_quantile: float = 0.9
     min_samples: int = 8
+    detect_target_s: float = 1.0
     fixed_s: float | None = None  # poll at a fixed interval instead (what naive clients do)
 
     def __post_init__(self) -> None:
@@ -73,7 +77,7 @@ def learned_delay(
 ) -> float | None:
     """Delay from observed run times (sorted ascending), or None if they say nothing.
 
-    ``elapsed`` is how long this run has been going. ``rand`` adds ±10% jitter so that
+    ``elapsed`` is how long this run has been going. ``rand`` takes up to 10% off so that
     runs submitted together do not poll in lock step.
     """
     if len(history) < policy.min_samples:
@@ -85,8 +89,10 @@ def learned_delay(
     q = policy.congested_quantile if congested else policy.quantile
     index = start + min(longer - 1, int(q * longer))
     remaining = history[index] - elapsed
-    jittered = remaining * (0.9 + 0.2 * rand)
-    return min(policy.cap_s, max(policy.floor_s, jittered))
+    if not congested:
+        next_finish = history[start] - elapsed
+        remaining = min(remaining, next_finish + policy.detect_target_s)
+    return _clamp(policy, remaining * (1.0 - 0.1 * rand))
 
 
 def next_poll_delay(
@@ -106,11 +112,15 @@ def next_poll_delay(
     )
     if learned is not None:
         return learned
-    if history and elapsed > 0 and attempt > 0:
-        # Outlived every observation: back off relative to the run's own age.
-        ceiling = min(policy.cap_s, max(policy.first_s, elapsed * (policy.factor - 1)))
-        return max(policy.floor_s, rand * ceiling)
+    if len(history) >= policy.min_samples and attempt > 0:
+        # Outlived every observation: steady polls, sparser as the run ages.
+        steady = max(policy.detect_target_s, OUTLIVED_AGE_FRACTION * elapsed)
+        return _clamp(policy, steady * (1.0 - 0.1 * rand))
     return backoff_delay(policy, attempt, rand)
+
+
+def _clamp(policy: PollPolicy, delay: float) -> float:
+    return min(policy.cap_s, max(policy.floor_s, delay))
 
 
 class RunTimes:

@@ -50,7 +50,7 @@ class RunOptions:
     state_path: Path | None = None  # default: OUT/.batchrunner/state.sqlite
     only: str | None = None
     force: bool = False
-    max_running: int = 50
+    max_running: int = 100
     max_downloads: int = 4
     convert_workers: int = 2
     rate: float | None = None

@@ -36,18 +36,36 @@ def test_learned_delay_needs_enough_samples() -> None:
 
 
 def test_learned_delay_targets_the_median_of_remaining_time() -> None:
-    """At submission, the next poll lands at the median observed run time (rand=0.5: no jitter)."""
+    """At submission, the next poll lands at the median observed run time (rand=0: no jitter)."""
     history = [2.0, 2.5, 3.0, 3.5, 4.0]
     assert learned_delay(
-        POLICY, elapsed=0, history=history, congested=False, rand=0.5
+        POLICY, elapsed=0, history=history, congested=False, rand=0.0
     ) == pytest.approx(3.0)
 
 
 def test_learned_delay_conditions_on_elapsed_time() -> None:
     """Only runs longer than this one has lasted count: at 3.2 s the rest is 3.5 or 4.0 s."""
     history = [2.0, 2.5, 3.0, 3.5, 4.0]
-    delay = learned_delay(POLICY, elapsed=3.2, history=history, congested=False, rand=0.5)
+    delay = learned_delay(POLICY, elapsed=3.2, history=history, congested=False, rand=0.0)
     assert delay == pytest.approx(0.8)
+
+
+def test_a_slow_mode_does_not_delay_fast_runs() -> None:
+    """In a bimodal family the poll comes at most detect_target_s after the next finish."""
+    history = [2.0, 2.2, 2.4, 2.6, 30.0, 30.0, 30.0, 30.0]
+    calm = learned_delay(POLICY, elapsed=0, history=history, congested=False, rand=0.0)
+    assert calm == pytest.approx(2.0 + POLICY.detect_target_s)
+
+
+def test_jitter_only_shortens() -> None:
+    """Jitter takes at most 10% off and never adds to the target."""
+    history = [2.0, 2.5, 3.0, 3.5, 4.0]
+    delays = [
+        learned_delay(POLICY, elapsed=0, history=history, congested=False, rand=r)
+        for r in (0.0, 0.5, 0.999)
+    ]
+    assert all(d is not None and 2.7 <= d <= 3.0 for d in delays)
+    assert delays[0] == max(d for d in delays if d is not None)
 
 
 def test_congestion_waits_for_a_likelier_finish() -> None:
@@ -67,11 +85,13 @@ def test_learned_delay_is_floored() -> None:
     assert delay == 0.25
 
 
-def test_outliving_all_observations_backs_off_relative_to_age() -> None:
-    """A run older than every observed run is polled at a pace tied to its own age."""
+def test_outliving_all_observations_polls_steadily_then_sparser() -> None:
+    """A run older than every observation is polled every max(target, 5% of its age)."""
     history = [1.0, 1.0, 1.0, 1.0, 1.0]
-    delay = next_poll_delay(POLICY, attempt=3, elapsed=4.0, history=history, rand=0.999999)
-    assert delay == pytest.approx(4.0, rel=1e-4)  # elapsed * (factor - 1)
+    young = next_poll_delay(POLICY, attempt=3, elapsed=4.0, history=history, rand=0.0)
+    old = next_poll_delay(POLICY, attempt=9, elapsed=100.0, history=history, rand=0.0)
+    assert young == pytest.approx(POLICY.detect_target_s)
+    assert old == pytest.approx(5.0)
 
 
 def test_fixed_interval_mode() -> None:

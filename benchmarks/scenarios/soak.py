@@ -16,6 +16,7 @@ failures (``failed_after_rerun``, reported, not part of the goal: chaos may stri
 from __future__ import annotations
 
 import csv
+import re
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from benchmarks.harness import (
 )
 
 SCALE, SEED = "1", "42"
+_RUN_ID = re.compile(r"qry_\w+")
 FIRST_DAY = date(2023, 1, 1)
 EMULATOR_ARGS = (
     "--scale",
@@ -161,7 +163,7 @@ def run(*, quick: bool, workdir: Path) -> ScenarioResult:
     )
     reasons: dict[str, int] = {}
     for r in failed:
-        reason = (r.error or "").split("] ", 1)[-1][:90]
+        reason = _RUN_ID.sub("qry_…", (r.error or "").split("] ", 1)[-1])[:120]
         reasons[reason] = reasons.get(reason, 0) + 1
     if reasons:
         result.notes.append(
