@@ -57,6 +57,7 @@ from batchrunner.coltypes import (
     widen,
 )
 from batchrunner.errors import ConversionError, OutputError
+from batchrunner.growing import GrowingFile
 from batchrunner.outputs import output_error
 
 if TYPE_CHECKING:
@@ -165,11 +166,14 @@ def convert_csv_to_parquet(
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "zstd",
     cancel: threading.Event | None = None,
+    growing: GrowingFile | None = None,
 ) -> ConvertResult:
     """Convert the CSV at ``src`` into Parquet at ``dest`` (written whole and fsynced).
 
     Blocking; run it in a worker thread. Setting ``cancel`` stops it within one block and
-    raises :class:`ConversionError`; the caller removes ``dest``. Example::
+    raises :class:`ConversionError`; the caller removes ``dest``. With ``growing``, ``src`` is
+    still being downloaded: the streaming passes read it as it grows, and the rare passes
+    that need the whole file (long-row layout, sizes) wait for the download. Example::
 
         result = convert_csv_to_parquet(
             Path("run.csv"), Path("run.parquet.tmp"),
@@ -181,8 +185,8 @@ def convert_csv_to_parquet(
         raise ValueError("row_group_rows, row_group_bytes and block_size must be positive")
     started = time.perf_counter()
     where = str(src)
-    with _reading(where):
-        csv_bytes = os.stat(src).st_size
+    if growing is not None:
+        growing.wait_for(HEADER_LIMIT + 1)
     header = read_header(src)
     try:
         check_job_types(header.names, column_types)
@@ -195,10 +199,19 @@ def convert_csv_to_parquet(
     while True:
         try:
             choices = chosen or _choose_columns(
-                src, header, column_types, sql, block_size=block_size, layout=layout, cancel=cancel
+                src,
+                header,
+                column_types,
+                sql,
+                block_size=block_size,
+                layout=layout,
+                cancel=cancel,
+                growing=growing,
             )
             chosen = choices
-            with closing(_batches(src, header, choices, block_size, layout, cancel)) as batches:
+            with closing(
+                _batches(src, header, choices, block_size, layout, cancel, growing=growing)
+            ) as batches:
                 outcome = _write_parquet(
                     batches if header.has_rows else iter(()),
                     dest,
@@ -212,6 +225,8 @@ def convert_csv_to_parquet(
             if layout is not None:  # pragma: no cover - the layout sizes blocks to their rows
                 raise ConversionError(where, "a row does not fit its read block") from None
             log.info("%s: a row is longer than %d bytes; re-reading by rows", where, block_size)
+            if growing is not None:
+                growing.wait_complete()
             layout = _row_layout(src, block_size, cancel)
             continue
         if isinstance(outcome, _Written):
@@ -225,6 +240,10 @@ def convert_csv_to_parquet(
         )
         widened.append(outcome.column)
         chosen = widen(choices, outcome.column)
+    if growing is not None:
+        growing.wait_complete()
+    with _reading(where):
+        csv_bytes = os.stat(src).st_size
     with _writing(str(dest)):
         parquet_bytes = os.stat(dest).st_size
     return ConvertResult(
@@ -387,6 +406,7 @@ def _batches(
     cancel: threading.Event | None,
     *,
     limit: int | None = None,
+    growing: GrowingFile | None = None,
 ) -> Generator[pa.RecordBatch, None, None]:
     """The data rows as batches of the final schema; stops after ``limit`` Arrow bytes.
 
@@ -404,7 +424,8 @@ def _batches(
     with _csv_errors(src, choices, cancel):
         for stretch in stretches:
             if stretch is None:
-                reader = _open_csv(str(src), choices, block_size=block_size, with_header=True)
+                source = str(src) if growing is None else growing.open()
+                reader = _open_csv(source, choices, block_size=block_size, with_header=True)
                 if tuple(reader.schema.names) != header.names:
                     reader.close()
                     raise ConversionError(
@@ -446,11 +467,12 @@ def _choose_columns(
     block_size: int,
     layout: Sequence[_Stretch] | None,
     cancel: threading.Event | None,
+    growing: GrowingFile | None = None,
 ) -> tuple[ColumnChoice, ...]:
     """The column types, reading a sample of the file only if the job and SQL leave some open."""
     sample = None
     if header.has_rows and needs_sample(header.names, column_types=column_types, sql=sql):
-        sample = _read_sample(src, header, block_size, layout, cancel)
+        sample = _read_sample(src, header, block_size, layout, cancel, growing)
     try:
         return choose_columns(header.names, column_types=column_types, sql=sql, sample=sample)
     except ValueError as exc:
@@ -463,11 +485,12 @@ def _read_sample(
     block_size: int,
     layout: Sequence[_Stretch] | None,
     cancel: threading.Event | None,
+    growing: GrowingFile | None = None,
 ) -> pa.Table:
     """The first ~SAMPLE_BYTES of rows, every column as text, to infer the open types from."""
     text = [ColumnChoice(name, pa.string(), "default") for name in header.names]
     with closing(
-        _batches(src, header, text, block_size, layout, cancel, limit=SAMPLE_BYTES)
+        _batches(src, header, text, block_size, layout, cancel, limit=SAMPLE_BYTES, growing=growing)
     ) as batches:
         return pa.Table.from_batches(list(batches), schema=_schema(text))
 

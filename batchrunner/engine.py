@@ -48,6 +48,7 @@ from batchrunner.errors import (
     QueryFailed,
     QueryTimedOut,
 )
+from batchrunner.growing import GrowingFile
 from batchrunner.jobs import Job
 from batchrunner.outputs import atomic_output, output_error, sweep_stale_temps
 from batchrunner.polling import PollPolicy, RunTimes, estimate_run_time, next_poll_delay
@@ -392,37 +393,71 @@ class Engine:
             raise QueryFailed(
                 run.id, "the run succeeded but names no result file", status=run.status
             )
+        file_id = run.file_id
         csv_path = self.work_dir / "downloads" / f"{_file_key(job.id)}.csv"
-        try:
-            async with self._downloads:
-                started = self._clock()
-                if run.finalized_at:
-                    timings["detect_delay"] = max(0.0, self._wall() - run.finalized_at)
-                await self._db(
-                    self.state.set_status, job.id, JobStatus.DOWNLOADING, file_id=run.file_id
-                )
-                self._emit(JobEvent(job.id, "downloading"))
-                try:
-                    download = await self.api.download(run.file_id, csv_path)
-                except NotFound as exc:
-                    raise _hinted(
-                        exc, "the result file is no longer available: rerun to run the query again"
-                    ) from None
-                timings["download"] = self._clock() - started
-            await self._db(self.state.set_status, job.id, JobStatus.CONVERTING)
-            self._emit(JobEvent(job.id, "converting", bytes=download.size))
-            started = self._clock()
+        # The converter reads the CSV while it downloads (see batchrunner.growing): the
+        # download hides behind the conversion instead of adding to it.
+        growing = GrowingFile(csv_path)
+        downloading = anyio.Event()
+        fetch_errors: list[BatchrunnerError] = []
+
+        async def fetch() -> None:
             try:
-                result = await _run_cancellable(
-                    partial(_convert_and_publish, csv_path, final, job), limiter=self._converters
-                )
-            except ConversionError as exc:
+                async with self._downloads:
+                    downloading.set()
+                    started = self._clock()
+                    if run.finalized_at:
+                        timings["detect_delay"] = max(0.0, self._wall() - run.finalized_at)
+                    await self._db(
+                        self.state.set_status, job.id, JobStatus.DOWNLOADING, file_id=file_id
+                    )
+                    self._emit(JobEvent(job.id, "downloading"))
+                    try:
+                        download = await self.api.download(file_id, csv_path, on_bytes=growing.grew)
+                    except NotFound as exc:
+                        raise _hinted(
+                            exc,
+                            "the result file is no longer available: rerun to run the query again",
+                        ) from None
+                    timings["download"] = self._clock() - started
+                await self._db(self.state.set_status, job.id, JobStatus.CONVERTING)
+                self._emit(JobEvent(job.id, "converting", bytes=download.size))
+            except BatchrunnerError as exc:
+                fetch_errors.append(exc)
+                growing.fail(str(exc))
+            except BaseException:
+                growing.fail("cancelled")
+                raise
+            else:
+                growing.finish()
+            finally:
+                downloading.set()
+
+        convert_error: BatchrunnerError | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fetch)
+                await downloading.wait()
+                started = self._clock()
+                try:
+                    result = await _run_cancellable(
+                        partial(_convert_and_publish, csv_path, final, job, growing=growing),
+                        limiter=self._converters,
+                    )
+                except BatchrunnerError as exc:
+                    convert_error = exc
+                    tg.cancel_scope.cancel()  # no use finishing a download nobody will read
+            if fetch_errors:
+                raise fetch_errors[0]
+            if isinstance(convert_error, ConversionError):
                 # Name the run, not the downloaded copy (deleted below), in the message.
-                detail = exc.message.removeprefix(f"converting {exc.path}: ")
+                detail = convert_error.message.removeprefix(f"converting {convert_error.path}: ")
                 raise ConversionError(f"the result of query run {run.id}", detail) from None
-            except OutputError as exc:  # name the output, not its (removed) temporary file
-                detail = exc.message.removeprefix(f"writing {exc.path}: ")
+            if isinstance(convert_error, OutputError):  # name the output, not its temp file
+                detail = convert_error.message.removeprefix(f"writing {convert_error.path}: ")
                 raise OutputError(str(final), detail) from None
+            if convert_error is not None:
+                raise convert_error
             timings["convert"] = self._clock() - started
             return result
         finally:
@@ -500,12 +535,22 @@ def _file_key(job_id: str) -> str:
 
 
 def _convert_and_publish(
-    csv_path: Path, final: Path, job: Job, *, cancel: threading.Event
+    csv_path: Path,
+    final: Path,
+    job: Job,
+    *,
+    growing: GrowingFile | None = None,
+    cancel: threading.Event,
 ) -> ConvertResult:
     """In a worker thread: CSV → Parquet under a temporary name, then rename into place."""
     with atomic_output(final) as tmp:
         result = convert_csv_to_parquet(
-            csv_path, tmp, column_types=job.column_types, sql=job.sql, cancel=cancel
+            csv_path,
+            tmp,
+            column_types=job.column_types,
+            sql=job.sql,
+            cancel=cancel,
+            growing=growing,
         )
     return result
 
