@@ -114,6 +114,12 @@ def _job_paths(paths: Sequence[str]) -> list[Path]:
     help="CSV→Parquet conversion threads.",
 )
 @click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="Convert each result while it downloads (--no-pipeline: download first).",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(min=0.1),
     help="API requests per second [default: 24 for test keys, 95 for live keys].",
@@ -162,6 +168,7 @@ def run(
     max_running: int,
     max_downloads: int,
     convert_workers: int,
+    pipeline: bool,
     rate: float | None,
     report_path: str | None,
     api_base: str,
@@ -196,6 +203,7 @@ def run(
             max_running=max_running,
             max_downloads=max_downloads,
             convert_workers=convert_workers,
+            pipeline=pipeline,
             rate=rate,
             api_key=api_key,
             api_base=api_base,

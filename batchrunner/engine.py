@@ -91,6 +91,7 @@ class RunnerConfig:
     poll: PollPolicy = PollPolicy()
     force: bool = False
     deadline_s: float = 6 * 3600.0
+    pipeline: bool = True  # convert while downloading (False: download, then convert)
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_downloads", "convert_workers"):
@@ -399,6 +400,7 @@ class Engine:
         # download hides behind the conversion instead of adding to it.
         growing = GrowingFile(csv_path)
         downloading = anyio.Event()
+        fetched = anyio.Event()
         fetch_errors: list[BatchrunnerError] = []
 
         async def fetch() -> None:
@@ -432,16 +434,26 @@ class Engine:
                 growing.finish()
             finally:
                 downloading.set()
+                fetched.set()
 
         convert_error: BatchrunnerError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(fetch)
                 await downloading.wait()
+                window = self._clock()
+                if not self.config.pipeline:
+                    await fetched.wait()
                 started = self._clock()
                 try:
                     result = await _run_cancellable(
-                        partial(_convert_and_publish, csv_path, final, job, growing=growing),
+                        partial(
+                            _convert_and_publish,
+                            csv_path,
+                            final,
+                            job,
+                            growing=growing if self.config.pipeline else None,
+                        ),
                         limiter=self._converters,
                     )
                 except BatchrunnerError as exc:
@@ -459,6 +471,7 @@ class Engine:
             if convert_error is not None:
                 raise convert_error
             timings["convert"] = self._clock() - started
+            timings["result"] = self._clock() - window  # download start → Parquet published
             return result
         finally:
             with anyio.CancelScope(shield=True):

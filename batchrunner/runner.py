@@ -60,6 +60,7 @@ class RunOptions:
     report_path: Path | None = None
     poll: PollPolicy = PollPolicy()
     retry: RetryPolicy = RetryPolicy()
+    pipeline: bool = True
     emulator_scale: float = 1.0
 
     @property
@@ -140,6 +141,7 @@ async def run_jobs(
                     convert_workers=options.convert_workers,
                     poll=options.poll,
                     force=options.force,
+                    pipeline=options.pipeline,
                 ),
                 observer=observer,
                 is_congested=lambda: api.budget.api.congested,

@@ -234,3 +234,24 @@ repeat = 4
     assert emulator.stats()["query_runs_created"]["total"] == 4
     forced = await run_jobs(jobs, options(emulator, tmp_path / "out", force=True))
     assert [r.status for r in forced.results] == ["succeeded"] * 4
+
+
+async def test_download_then_convert_mode_gives_the_same_rows(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """With pipelining off the files are the same; both modes time the whole result step."""
+    path = write_jobs(tmp_path / "j.toml", """
+[[job]]
+name = "p"
+sql = "select * from balance_transactions"
+""")
+    jobs = load_jobs([path])
+    piped = await run_jobs(jobs, options(emulator, tmp_path / "a"))
+    plain = await run_jobs(jobs, options(emulator, tmp_path / "b", pipeline=False))
+    assert piped.ok and plain.ok
+    a, b = piped.results[0], plain.results[0]
+    assert a.output is not None and b.output is not None
+    assert pq.read_table(a.output).equals(pq.read_table(b.output))
+    assert a.rows == b.rows and a.rows
+    for result in (a, b):
+        assert result.timings["result"] >= result.timings["convert"]
