@@ -240,11 +240,14 @@ async def test_download_then_convert_mode_gives_the_same_rows(
     emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
     """With pipelining off the files are the same; both modes time the whole result step."""
-    path = write_jobs(tmp_path / "j.toml", """
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
 [[job]]
 name = "p"
 sql = "select * from balance_transactions"
-""")
+""",
+    )
     jobs = load_jobs([path])
     piped = await run_jobs(jobs, options(emulator, tmp_path / "a"))
     plain = await run_jobs(jobs, options(emulator, tmp_path / "b", pipeline=False))
