@@ -121,8 +121,8 @@ async def engine_in_debug_mode(
 
 
 def run(*, quick: bool, workdir: Path) -> ScenarioResult:
-    """10,000 queued jobs (300 with --quick)."""
-    n = 300 if quick else 10_000
+    """10,000 queued jobs (200 with --quick)."""
+    n = 200 if quick else 10_000
     rss_n = n
     jobs = jobs_from(workdir / "jobs.toml", tiny_jobs(n))
     watcher = SlowCallbacks()

@@ -106,8 +106,8 @@ def duplicate_runs(stats: dict[str, Any]) -> int:
 
 
 def run(*, quick: bool, workdir: Path) -> ScenarioResult:
-    """1,000 daily jobs (50 with --quick) under chaos."""
-    n = 50 if quick else 1_000
+    """1,000 daily jobs (30 with --quick) under chaos."""
+    n = 30 if quick else 1_000
     jobs = jobs_from(workdir / "jobs.toml", [daily_spec(n)])
     out_dir = workdir / "out"
     with emulator_process(*EMULATOR_ARGS, log_path=workdir / "emulator.log") as emu:
