@@ -201,9 +201,7 @@ class Engine:
                     await pipeline.acquire()
                     tg.start_soon(self._job_task, job, pipeline)
         except* _StopRun as group:
-            stop = group.exceptions[0]
-            assert isinstance(stop, _StopRun)
-            stopped_by = str(stop.error)
+            stopped_by = str(_first_stop(group).error)
         results = tuple(
             self._results.get(job.id)
             or JobResult(job.id, "failed", job.params, error="not run: the run was stopped")
@@ -527,6 +525,15 @@ class Engine:
             )
         except OutputError as exc:
             raise _StopRun(exc) from exc
+
+
+def _first_stop(group: BaseExceptionGroup[_StopRun]) -> _StopRun:
+    """The first _StopRun of a group, however deeply nested (a job's own task groups)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, _StopRun)
+    return first
 
 
 def _hinted(exc: BatchrunnerError, hint: str) -> BatchrunnerError:

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -285,13 +286,14 @@ async def test_disk_full_fails_clearly_keeps_state_and_the_rerun_completes(
     async with make_emulator(rate_limits=RateLimits(enabled=False)) as emu:
         with small_disk(tmp_path / "disk", "1m") as disk:
             out = disk.path / "out"
-            first = await cli(emu, "run", str(jobs), "--out", str(out))
+            # The state file lives off the small disk: only the outputs may run out of space
+            # (a full disk under the state file is the next test's case).
+            state = tmp_path / "state.sqlite"
+            first = await cli(emu, "run", str(jobs), "--out", str(out), "--state", str(state))
             assert first.returncode == 1, text(first)
             assert "no space left on device; free space and rerun" in text(first)
             assert "Traceback" not in text(first)
-            after_first = await anyio.to_thread.run_sync(
-                states, out / ".batchrunner" / "state.sqlite"
-            )
+            after_first = await anyio.to_thread.run_sync(states, state)
             assert {s for k, s in after_first.items() if k.startswith("small")} == {
                 JobStatus.SUCCEEDED
             }
@@ -302,7 +304,7 @@ async def test_disk_full_fails_clearly_keeps_state_and_the_rerun_completes(
                     assert not (out / "big" / f"part-{k[-1]}.parquet").exists()
 
             disk.remount("size=64m")  # space is back
-            second = await cli(emu, "run", str(jobs), "--out", str(out))
+            second = await cli(emu, "run", str(jobs), "--out", str(out), "--state", str(state))
             assert second.returncode == 0, text(second)
             assert text(second).count("skipped small#r") == 3
             for i in range(2):
@@ -440,3 +442,65 @@ async def test_enospc_from_the_parquet_writer_fails_the_job_clearly(
     monkeypatch.undo()
     again = await run_jobs(jobs, options)  # space is back: the rerun completes
     assert again.ok and pq.read_table(final).num_rows == 1
+
+
+class _RefuseDownloadingRows:
+    """An SQLite connection whose disk fills up when a job is marked ``downloading``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        if sql.startswith("UPDATE jobs SET status") and params and params[0] == "downloading":
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = 13  # SQLITE_FULL
+            raise error
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_a_state_write_refused_mid_run_stops_the_run_and_the_rerun_completes(
+    emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the state file mid-run stops every job with what to do; no crash."""
+    jobs = load_jobs(
+        [
+            write(
+                tmp_path / "jobs.toml",
+                '[[job]]\nname = "a"\nsql = "select id, amount from charges limit 7"\nrepeat = 6\n',
+            )
+        ]
+    )
+    real_open = StateStore.open
+
+    def open_on_a_filling_disk(path: Path, **kwargs: Any) -> StateStore:
+        store = real_open(path, **kwargs)
+        store._conn = _RefuseDownloadingRows(store._conn)  # type: ignore[assignment]
+        return store
+
+    monkeypatch.setattr(StateStore, "open", open_on_a_filling_disk)
+    options = RunOptions(
+        out_dir=tmp_path / "out",
+        api_key=emulator.test_key,
+        api_base=emulator.api_base,
+        files_base=emulator.files_base,
+        rate=500.0,
+        poll=FAST_POLL,
+    )
+    stopped = await run_jobs(jobs, options)
+    assert stopped.stopped_by is not None
+    assert "cannot record job state: database or disk is full; free space and rerun" in (
+        stopped.stopped_by
+    )
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not leftovers(tmp_path / "out")
+    monkeypatch.undo()
+    with StateStore.open(options.state_file) as store:  # intact: the runs made are recorded
+        run_ids = {r.job_id: r.query_run_id for r in store.all() if r.query_run_id}
+    assert run_ids
+    again = await run_jobs(jobs, options)
+    assert again.ok
+    finished = {r.job_id: r.query_run_id for r in again.results}
+    assert all(finished[job_id] == run_id for job_id, run_id in run_ids.items())  # by id
+    assert emulator.stats()["query_runs_created"]["total"] == 6  # none created twice
