@@ -379,9 +379,13 @@ async def run_chains(
     def kills() -> int:
         return sum(len(c.kills) for c in chains)
 
+    missed: list[str] = []  # phases a run finished before reaching: aimed at again first
+
     async def drive(chain: Chain) -> None:
         while len(chain.kills) < per_chain and kills() < kills_wanted:
-            if not await chain.kill_once(sig, next(targets)):
+            phase = missed.pop() if missed else next(targets)
+            if not await chain.kill_once(sig, phase):
+                missed.append(phase)
                 break  # the run finished before the signal: nothing left to interrupt here
         await chain.finish(emu)
 
