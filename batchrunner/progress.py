@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -111,7 +112,7 @@ class ProgressDisplay:
             self._progress.update(self._tasks["done"], advance=1, extra=extra)
             if event.stage == "failed":
                 self._progress.console.print(
-                    f"[red]failed[/red] {event.error}", markup=True, highlight=False
+                    f"[red]failed[/red] {escape(event.error or '')}", markup=True, highlight=False
                 )
             return
         line = f"[{self.counts['done']}/{self.total}] {event.stage} {event.job_id}"
