@@ -6,7 +6,6 @@ Exit codes: 0 every job succeeded, 1 some job failed, 2 usage or configuration e
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -212,15 +211,8 @@ def run(
             report_path=Path(report_path) if report_path else None,
             emulator_scale=emulator_scale,
         )
-        # What exists now (modules, the expanded jobs) lives through the run: take it out of
-        # the cyclic GC meanwhile, so that full collections walk only what the run creates.
-        # Unfrozen, they held the event loop for over 100 ms with 10,000 jobs queued.
-        gc.collect()
-        gc.freeze()
-        try:
-            result = _run_with_progress(jobs, options)
-        finally:
-            gc.unfreeze()  # leave the GC as found (the CLI may run inside another program)
+        # run_jobs freezes the objects alive at the start out of the cyclic GC for the run.
+        result = _run_with_progress(jobs, options)
     _print_summary(result, options)
     sys.exit(EXIT_OK if result.ok else (EXIT_USAGE if result.stopped_by else EXIT_FAILED))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import random
 import threading
@@ -61,6 +62,7 @@ from batchrunner.state import (
     resume_action,
 )
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Stage = Literal[
     "queued",
@@ -92,9 +94,13 @@ class RunnerConfig:
     force: bool = False
     deadline_s: float = 6 * 3600.0
     pipeline: bool = True  # convert while downloading (False: download, then convert)
+    #: Runs per job in one invocation when a run ends ``failed``: Stripe gives no way to
+    #: tell a transient internal failure from a query error, so one more run (a new
+    #: submission with a new idempotency key) is cheap insurance; 1 turns it off.
+    run_attempts: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_running", "max_downloads", "convert_workers"):
+        for name in ("max_running", "max_downloads", "convert_workers", "run_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -263,6 +269,21 @@ class Engine:
                 timings["queue_wait"] = self._clock() - enqueued
                 run, since = await self._submitted_run(job, record, action)
                 run = await self._poll_until_done(job, run, since)
+                for _ in range(1, self.config.run_attempts):
+                    if run.succeeded or run.in_progress:
+                        break
+                    log.info(
+                        "%s: query run %s %s (%s); submitting it once more",
+                        job.id,
+                        run.id,
+                        run.status,
+                        run.error_message or "no message",
+                    )
+                    # Forget the failed run (a crash now resumes with a fresh submission).
+                    await self._db(self.state.reset, job.id)
+                    record = await self._db(self.state.ensure_planned, job.id, job.sql_hash)
+                    run, since = await self._submitted_run(job, record, ResumeAction.SUBMIT)
+                    run = await self._poll_until_done(job, run, since)
             server_run = (run.finalized_at - run.created) if run.finalized_at else None
             if server_run is not None:
                 timings["server_run"] = float(server_run)

@@ -4,13 +4,18 @@
 real one when a key is given, otherwise the embedded emulator), runs the engine, and
 writes the manifest and the optional report. :func:`run_sync` is the same for callers
 without an event loop. The CLI is a thin layer over these.
+
+Every entry point goes through :func:`run_jobs`, which keeps the objects that exist when
+the run starts (modules, the expanded jobs) out of the cyclic garbage collector for the
+run's duration (see :func:`_frozen_gc`).
 """
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +66,7 @@ class RunOptions:
     poll: PollPolicy = PollPolicy()
     retry: RetryPolicy = RetryPolicy()
     pipeline: bool = True
+    run_attempts: int = 2  # runs per job when a run ends failed (see RunnerConfig)
     emulator_scale: float = 1.0
 
     @property
@@ -128,6 +134,45 @@ async def run_jobs(
     announce: Callable[[str], None] = lambda line: None,
 ) -> RunResult:
     """Run already-expanded jobs."""
+    with _frozen_gc():
+        return await _run_jobs(jobs, options, observer=observer, announce=announce)
+
+
+@contextmanager
+def _frozen_gc() -> Iterator[None]:
+    """Freeze what exists now out of the cyclic GC for the ``with`` body; leave GC as found.
+
+    What exists when a run starts (modules, the expanded jobs) lives through the run, yet
+    every full collection walks it: with 10,000 jobs queued that held the event loop for
+    over 100 ms. ``gc.freeze()`` moves it to the permanent generation, so collections walk
+    only what the run creates. The one ``gc.collect()`` first keeps existing garbage out of
+    the permanent generation (it runs once, before any request is sent).
+
+    ``gc.unfreeze()`` cannot tell whose objects it thaws: it moves the whole permanent
+    generation back. So this only acts when nothing is frozen yet (and the GC is enabled),
+    and then unfreezes at exit. When the caller (or an overlapping run) froze objects
+    already, it neither freezes nor unfreezes: their freeze stays exactly as it was, at the
+    cost of this run's pause saving. Overlapping runs in one process stay correct: only
+    the run that froze unfreezes, and the others run unfrozen once it has finished.
+    """
+    if not gc.isenabled() or gc.get_freeze_count() > 0:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+async def _run_jobs(
+    jobs: Sequence[Job],
+    options: RunOptions,
+    *,
+    observer: Observer | None,
+    announce: Callable[[str], None],
+) -> RunResult:
     state = await anyio.to_thread.run_sync(StateStore.open, options.state_file)
     try:
         async with open_api(options, announce=announce) as api:
@@ -142,6 +187,7 @@ async def run_jobs(
                     poll=options.poll,
                     force=options.force,
                     pipeline=options.pipeline,
+                    run_attempts=options.run_attempts,
                 ),
                 observer=observer,
                 is_congested=lambda: api.budget.api.congested,

@@ -1,4 +1,4 @@
-"""Tests for batchrunner.emulator.auth: key shapes, Bearer/Basic and masked 401 messages."""
+"""Tests for batchrunner.emulator.auth: key shapes, Bearer/Basic, masked 401s and 403s."""
 
 from __future__ import annotations
 
@@ -18,8 +18,20 @@ from batchrunner.emulator.auth import (
     credential,
     default_keys,
     key_livemode,
+    permission_message,
 )
+from batchrunner.emulator.ratelimit import RateLimits
 from batchrunner.errors import ConfigError
+
+ALLOWED_KEY = "sk_test_AllowedKey0000000000000001"
+NO_SIGMA_KEY = "rk_test_nosigmaRestrictedKey000002"  # a restricted key without Sigma access
+
+
+class FrozenClock:
+    """A rate-limiter clock that never moves: the window never slides during a test."""
+
+    def __call__(self) -> float:
+        return 1000.0
 
 
 @pytest.mark.parametrize(
@@ -69,6 +81,17 @@ def test_authenticator_accepts_known_keys_only_and_masks() -> None:
     assert "SecretSecret" not in bad.message
     missing = auth.authenticate(None)
     assert isinstance(missing, AuthFailure) and missing.message == MISSING_KEY_MESSAGE
+
+
+def test_restricted_key_without_sigma_is_a_403_failure_not_an_exception() -> None:
+    """A known rk_..._nosigma key is refused with status 403 and the masked permission text."""
+    auth = Authenticator(("sk_test_aaaa1111", NO_SIGMA_KEY))
+    for _ in range(2):  # the second lookup comes from the header cache
+        refused = auth.authenticate(f"Bearer {NO_SIGMA_KEY}")
+        assert refused == AuthFailure(permission_message(NO_SIGMA_KEY), status=403)
+    assert isinstance(refused, AuthFailure) and NO_SIGMA_KEY not in refused.message
+    unknown = auth.authenticate("Bearer rk_test_nosigmaUnknown")
+    assert isinstance(unknown, AuthFailure) and unknown.status == 401
 
 
 def test_badly_shaped_configured_keys_are_refused() -> None:
@@ -131,3 +154,58 @@ async def test_objects_live_in_the_mode_of_the_key(
         status, got, _ = await call(http, "GET", f"{runs}/{test_run['id']}", keys[0])
         assert status == 200 and got["id"] == test_run["id"]
         assert emu.stats()["query_runs_created"] == {"total": 2, "test": 1, "live": 1}
+
+
+async def test_forbidden_key_is_refused_before_the_rate_limiter(
+    make_emulator: MakeEmulator, http: aiohttp.ClientSession
+) -> None:
+    """A burst from a no-Sigma key gets only 403s and uses none of the rate-limit window."""
+    limits = RateLimits(test_global=2)
+    async with make_emulator(
+        api_keys=(ALLOWED_KEY, NO_SIGMA_KEY), rate_limits=limits, rate_clock=FrozenClock()
+    ) as emu:
+        url = f"{emu.api_base}/v1/sigma/query_runs/qry_1"
+        statuses = [(await call(http, "GET", url, NO_SIGMA_KEY))[0] for _ in range(6)]
+        assert statuses == [403] * 6
+        status, body, headers = await call(http, "GET", url, NO_SIGMA_KEY)
+        error = assert_stripe_error(body)
+        assert status == 403 and error["message"] == permission_message(NO_SIGMA_KEY)
+        assert error["request_log_url"] is None and "WWW-Authenticate" not in headers
+        assert headers["Stripe-Should-Retry"] == "false"
+        # The same instant on the frozen clock: the whole window of 2 is still free ...
+        allowed = [(await call(http, "GET", url, ALLOWED_KEY))[0] for _ in range(3)]
+        stats = emu.stats()
+    assert allowed == [404, 404, 429]  # ... and really is 2 (the third is refused)
+    assert stats["rate_limited"] == 1 and stats["http_429"] == 1
+    assert stats["requests"]["GET /v1/sigma/query_runs/{id}"] == {"403": 7, "404": 2, "429": 1}
+
+
+async def test_forbidden_key_saves_nothing_under_its_idempotency_key(
+    make_emulator: MakeEmulator, http: aiohttp.ClientSession
+) -> None:
+    """A no-Sigma POST with an Idempotency-Key is a 403 that creates and saves nothing."""
+    async with make_emulator(api_keys=(ALLOWED_KEY, NO_SIGMA_KEY)) as emu:
+        url = f"{emu.api_base}/v1/sigma/query_runs"
+        form = {"sql": "select 1"}
+        idem = {"Idempotency-Key": "same-key-1"}
+        for _ in range(2):
+            status, body, headers = await call(
+                http, "POST", url, NO_SIGMA_KEY, data=form, headers=idem
+            )
+            assert status == 403, body
+            # Idempotency-Key is echoed only by requests that reached the idempotency step.
+            assert "Idempotency-Key" not in headers and "Idempotent-Replayed" not in headers
+        refused = emu.stats()
+        status, run, headers = await call(http, "POST", url, ALLOWED_KEY, data=form, headers=idem)
+        assert status == 200 and "Idempotent-Replayed" not in headers
+        assert headers["Idempotency-Key"] == "same-key-1"
+        accepted = emu.stats()
+    assert refused["idempotency_keys_held"] == 0
+    assert refused["query_runs_created"]["total"] == 0
+    assert refused["runs_created_by_idempotency_key"] == {}
+    assert refused["idempotent_replays"] == refused["idempotency_conflicts"] == 0
+    assert refused["idempotency_mismatches"] == refused["rate_limited"] == 0
+    assert refused["requests"] == {"POST /v1/sigma/query_runs": {"403": 2}}
+    # The counter does move: the allowed key's request was saved and created a run.
+    assert accepted["idempotency_keys_held"] == 1 and run["id"].startswith("qry_")
+    assert accepted["query_runs_created"]["total"] == 1 and accepted["idempotent_replays"] == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import anyio
 import pytest
 from conftest import MakeEmulator, assert_stripe_error, bearer, call, wait_run
 
-from batchrunner.emulator import EmulatorConfig, EmulatorHandle, serve_forever
+from batchrunner.emulator import EmulatorConfig, EmulatorHandle, FaultSpec, serve_forever
 from batchrunner.emulator.server import byte_range
 
 SQL = "SELECT * FROM balance_transactions LIMIT 10"
@@ -340,6 +342,73 @@ async def test_range_requests(emulator: EmulatorHandle, http: aiohttp.ClientSess
     stats = emulator.stats()
     assert stats["bytes_served"] == 10 + 5 + 3
     assert stats["requests"]["GET /v1/files/{id}/contents"] == {"206": 3, "416": 1}
+
+
+async def test_a_client_dropping_a_download_is_not_a_server_error(
+    make_emulator: MakeEmulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up mid-download leaves one INFO line, no ERROR, and a live server."""
+    caplog.set_level(logging.INFO)
+    server_log = logging.getLogger("batchrunner.emulator.server")
+    gone_event = threading.Event()  # set on the emulator's thread when it logs the hang-up
+    handler = _OnMessage("the client went away", gone_event)
+    server_log.addHandler(handler)
+    faults = FaultSpec.parse("slow_download=1.0,slow_bps=4096")  # ~100 s for the whole file
+    try:
+        async with make_emulator(faults=faults) as emu:
+            stats = await _drop_a_download_then_range(emu, http, gone_event)
+    finally:
+        server_log.removeHandler(handler)
+    assert stats["downloads"] == {"started": 2, "cut": 0, "slow": 2, "dropped": 1}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    gone = [r for r in caplog.records if "the client went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and gone[0].exc_info is None
+
+
+class _OnMessage(logging.Handler):
+    """Sets ``event`` when a record containing ``text`` is logged (from any thread)."""
+
+    def __init__(self, text: str, event: threading.Event) -> None:
+        super().__init__()
+        self.text = text
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def _drop_a_download_then_range(
+    emu: EmulatorHandle, http: aiohttp.ClientSession, gone_event: threading.Event
+) -> dict[str, Any]:
+    """Hang up on a slow download after its headers, then fetch a short range; the stats."""
+    _, run, _ = await call(
+        http,
+        "POST",
+        f"{emu.api_base}/v1/sigma/query_runs",
+        emu.test_key,
+        data={"sql": "select * from balance_transactions"},
+    )
+    file_id = (await wait_run(http, emu, run["id"]))["result"]["file"]
+    url = f"{emu.files_base}/v1/files/{file_id}/contents"
+    host, _, port = url.split("/")[2].rpartition(":")
+    request = (
+        f"GET /v1/files/{file_id}/contents HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {emu.test_key}\r\n\r\n"
+    )
+    with anyio.fail_after(10):
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            await stream.send(request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+        assert head.startswith(b"HTTP/1.1 200")
+    # The server notices on its next write (a tenth of a second later at 4096 B/s).
+    assert await anyio.to_thread.run_sync(gone_event.wait, 10.0)
+    # The server keeps serving: a short (throttled) range arrives whole.
+    async with http.get(url, headers={**bearer(emu.test_key), "Range": "bytes=0-99"}) as resp:
+        assert resp.status == 206 and len(await resp.read()) == 100
+    return emu.stats()
 
 
 @pytest.mark.parametrize(

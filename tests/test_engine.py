@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -258,3 +259,72 @@ sql = "select * from balance_transactions"
     assert a.rows == b.rows and a.rows
     for result in (a, b):
         assert result.timings["result"] >= result.timings["convert"]
+
+
+def key_slug(job_id: str) -> str:
+    """The job part of its idempotency keys (see ``new_idempotency_key``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", job_id)
+
+
+def runs_per_job(stats: dict[str, Any]) -> dict[str, int]:
+    """How many query runs the emulator created per job, read from the idempotency keys."""
+    counts: dict[str, int] = {}
+    for key, runs in stats["runs_created_by_idempotency_key"].items():
+        job = key.removeprefix("br-").rsplit("-", 2)[0]
+        counts[job] = counts.get(job, 0) + runs
+    return counts
+
+
+async def test_a_failed_run_is_submitted_once_more_before_the_job_fails(
+    make_emulator: MakeEmulator, tmp_path: Path
+) -> None:
+    """A run ending failed gets one new submission; the job fails only if that fails too."""
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
+[[job]]
+name = "r"
+sql = "select id, amount from balance_transactions limit 20"
+repeat = 40
+""",
+    )
+    jobs = load_jobs([path])
+    async with make_emulator(faults=FaultSpec.parse("run_failure=0.5")) as emu:
+        result = await run_jobs(jobs, options(emu, tmp_path / "out"))
+        stats = emu.stats()
+    runs = runs_per_job(stats)
+    assert sum(runs.values()) == stats["query_runs_created"]["total"]
+    assert stats["query_runs_created"]["total"] == 40 + stats["faults_injected"]["run_failure"] - (
+        len(result.failed)
+    )
+    for r in result.results:
+        if r.status == "failed":
+            assert runs[key_slug(r.job_id)] == 2 and "failed" in (r.error or ""), r
+        else:
+            assert r.status == "succeeded" and r.rows == 20
+            assert runs[key_slug(r.job_id)] in (1, 2)
+    recovered = [
+        r for r in result.results if r.status == "succeeded" and runs[key_slug(r.job_id)] == 2
+    ]
+    assert recovered  # at p=0.5 over 40 jobs, some first runs failed and their second did not
+
+
+async def test_run_attempts_1_fails_a_job_on_its_first_failed_run(
+    make_emulator: MakeEmulator, tmp_path: Path
+) -> None:
+    """With run_attempts=1 a failed run fails its job at once: one run per job, no more."""
+    path = write_jobs(
+        tmp_path / "j.toml",
+        """
+[[job]]
+name = "r"
+sql = "select id from charges limit 3"
+repeat = 3
+""",
+    )
+    async with make_emulator(faults=FaultSpec.parse("run_failure=1.0")) as emu:
+        result = await run_jobs(load_jobs([path]), options(emu, tmp_path / "out", run_attempts=1))
+        stats = emu.stats()
+    assert [r.status for r in result.results] == ["failed"] * 3
+    assert stats["query_runs_created"]["total"] == 3
+    assert set(runs_per_job(stats).values()) == {1}

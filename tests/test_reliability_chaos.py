@@ -137,15 +137,17 @@ async def test_chaos_soak_every_job_correct_or_failed_with_the_servers_message(
         error = r.error or ""
         assert error.startswith(f"[{r.job_id}] "), error  # names the job
         assert any(m in error for m in SERVER_MESSAGES + TRANSPORT_MESSAGES), error
-    # Spurious run failures end their jobs (rerunning retries them); nothing else should.
-    assert len(failed) <= stats["faults_injected"]["run_failure"] + 3, [r.error for r in failed]
+    # A spurious run failure gets one new submission: a job fails only if that fails too
+    # (or its transport retries run out), so failures are far fewer than failed runs.
+    spurious = stats["faults_injected"]["run_failure"]
+    assert len(failed) <= spurious // 2 + 3, [r.error for r in failed]
     assert len(succeeded) >= JOBS * 0.9
 
     # Every submission made at most one run: lost answers were replayed, never re-created.
     by_key: dict[str, int] = stats["runs_created_by_idempotency_key"]
     assert by_key and max(by_key.values()) == 1
     assert stats["runs_created_without_idempotency_key"] == 0
-    assert stats["query_runs_created"]["total"] == len(by_key) <= JOBS
+    assert stats["query_runs_created"]["total"] == len(by_key) <= JOBS + spurious
     run_ids = [r.query_run_id for r in succeeded]
     assert len(set(run_ids)) == len(run_ids)
     assert stats["idempotent_replays"] > 0  # resets after the server acted did happen

@@ -8,9 +8,12 @@ unknown key gets Stripe's 401 message, with the key masked by
 :func:`batchrunner.errors.mask_secret` (never echoed whole).
 
 A configured restricted key whose secret part starts with ``nosigma`` (``rk_test_nosigma...``)
-stands for a restricted key created without the Sigma permission: it authenticates, and every
-request made with it is refused with Stripe's 403 ``permission_error``-style message, so that
-clients can be tested against a key that is valid but not allowed.
+stands for a restricted key created without the Sigma permission: it is known, and every
+request made with it is refused with Stripe's 403 message (an ``invalid_request_error`` that
+names the missing permission), so that clients can be tested against a key that is valid but
+not allowed. Both refusals come back as an :class:`AuthFailure` carrying its status, so the
+server answers them before rate limiting and idempotency: a refused request never uses the
+rate-limit window and never saves anything under an ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ import random
 import string
 from base64 import b64decode
 from dataclasses import dataclass
-from typing import Final
-
-from aiohttp import web
+from typing import Final, Literal
 
 from batchrunner.errors import ConfigError, mask_secret
 
@@ -56,9 +57,13 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
-    """Why a request was refused with 401 (the message is safe to send back)."""
+    """Why a request was refused: 401 (no or unknown key) or 403 (key lacks Sigma access).
+
+    The message is safe to send back (keys in it are masked).
+    """
 
     message: str
+    status: Literal[401, 403] = 401
 
 
 def key_livemode(key: str) -> bool | None:
@@ -133,10 +138,10 @@ class Authenticator:
         self._cache: dict[str, Account] = {}
 
     def authenticate(self, authorization: str | None) -> Account | AuthFailure:
-        """The account for a header, or the 401 reason.
+        """The account for a header, or why it is refused.
 
-        Raises ``aiohttp.web.HTTPForbidden`` (which the server answers as a Stripe 403) for
-        a restricted key without the Sigma permission (see :func:`lacks_sigma_permission`).
+        A missing, malformed or unknown key is a 401; a restricted key without the Sigma
+        permission (see :func:`lacks_sigma_permission`) is a 403.
         """
         if authorization is not None:
             hit = self._cache.get(authorization)
@@ -153,7 +158,7 @@ class Authenticator:
         return self._permitted(account)
 
     @staticmethod
-    def _permitted(account: Account) -> Account:
+    def _permitted(account: Account) -> Account | AuthFailure:
         if lacks_sigma_permission(account.api_key):
-            raise web.HTTPForbidden(reason=permission_message(account.api_key))
+            return AuthFailure(permission_message(account.api_key), status=403)
         return account

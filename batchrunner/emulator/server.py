@@ -6,7 +6,7 @@ client that mixes the two bases gets 404s. Both answer ``/_emulator/stats``.
 
 Every ``/v1`` request goes through one pipeline, in this order::
 
-    route (404 unknown) -> auth (401) -> rate limit (429) -> injected faults
+    route (404 unknown) -> auth (401 / 403) -> rate limit (429) -> injected faults
     -> parameters (400) -> Idempotency-Key (replay / 409 / 400) -> endpoint
     -> save the response for the key -> maybe reset the connection
 
@@ -342,7 +342,9 @@ class _Stats:
         self.idempotency_mismatches = 0
         self.bytes_served = 0
         self.resets = 0
-        self.downloads = {"started": 0, "cut": 0, "slow": 0}
+        # dropped: the client went away mid-stream (only throttled/cut downloads are
+        # streamed by the emulator; aiohttp itself ends a plain file response quietly).
+        self.downloads = {"started": 0, "cut": 0, "slow": 0, "dropped": 0}
 
     def record(self, label: str, status: str) -> None:
         by_status = self.requests.get(label)
@@ -481,6 +483,8 @@ class EmulatorServer:
         out = self._stats.to_dict()
         out.update(self._engine.stats())
         out["faults_injected"] = dict(self._faults.counts)
+        # Keys held by the idempotency store (in flight or saved), both modes, all API keys.
+        out["idempotency_keys_held"] = len(self._idempotency)
         out["faults"] = str(self.config.faults)
         out["rate_limits_enabled"] = self.config.rate_limits.enabled
         if runs:
@@ -631,9 +635,12 @@ class EmulatorServer:
         request = ctx.request
         auth = self._auth.authenticate(request.headers.get("Authorization"))
         if isinstance(auth, AuthFailure):
-            raise _HttpError(
-                401, auth.message, headers={"WWW-Authenticate": 'Basic realm="Stripe"'}
-            )
+            # Refused here, before the rate limiter and the idempotency store: a refused
+            # request (401, or 403 for a key without Sigma access) uses no rate-limit
+            # window and saves nothing under its Idempotency-Key. ctx.account stays None,
+            # so the body has no request_log_url.
+            headers = {"WWW-Authenticate": 'Basic realm="Stripe"'} if auth.status == 401 else None
+            raise _HttpError(auth.status, auth.message, headers=headers)
         ctx.account = auth
         admitted = (
             self._limiter.admit_files_read(auth.livemode)
@@ -986,36 +993,55 @@ class EmulatorServer:
         cut: bool,
         headers: dict[str, str],
     ) -> web.StreamResponse:
-        """A cut (part of the body, then the connection closes) or throttled download."""
+        """A cut (part of the body, then the connection closes) or throttled download.
+
+        A client may go away mid-stream (a slow download is exactly where clients time
+        out): writing then raises ``ConnectionError`` (aiohttp's
+        ``ClientConnectionResetError`` is one). That is normal, not a server failure: it
+        is logged as one INFO line and counted as ``downloads["dropped"]``. Anything else
+        propagates, and cancellation (the server shutting down) is never caught here.
+        """
         response = web.StreamResponse(status=206 if partial_content else 200, headers=headers)
         response.headers["Accept-Ranges"] = "bytes"
         if partial_content:
             response.headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{file.size}"
         response.content_length = count
-        await response.prepare(request)
         limit = int(count * self._faults.cut_fraction()) if cut else count
         bps = self.config.faults.slow_bps
         chunk = _STREAM_CHUNK if cut else max(1, min(_STREAM_CHUNK, bps // 10))
         sent = 0
-        async with await anyio.open_file(file.path, "rb") as source:
-            await source.seek(offset)
-            while sent < limit:
-                data = await source.read(min(chunk, limit - sent))
-                if not data:
-                    break
-                await response.write(data)
-                sent += len(data)
-                self._stats.bytes_served += len(data)
-                if not cut:
-                    await anyio.sleep(len(data) / bps)
+        try:
+            await response.prepare(request)
+            async with await anyio.open_file(file.path, "rb") as source:
+                await source.seek(offset)
+                while sent < limit:
+                    data = await source.read(min(chunk, limit - sent))
+                    if not data:
+                        break
+                    await response.write(data)
+                    sent += len(data)
+                    self._stats.bytes_served += len(data)
+                    if not cut:
+                        await anyio.sleep(len(data) / bps)
+            if not cut:
+                await response.write_eof()
+        except ConnectionError as exc:
+            self._stats.downloads["dropped"] += 1
+            log.info(
+                "download of %s stopped after %d of %d bytes: the client went away (%s)",
+                file.id,
+                sent,
+                count,
+                type(exc).__name__,
+            )
+            # aiohttp finishes this response on the dead connection quietly (debug log).
+            return response
         if cut:
             # close(), not abort(): the part already written reaches the client, then EOF
             # arrives short of Content-Length, which is what a cut download looks like.
             transport = request.transport
             if transport is not None:
                 transport.close()
-            return response
-        await response.write_eof()
         return response
 
 
