@@ -120,6 +120,13 @@ def _job_paths(paths: Sequence[str]) -> list[Path]:
     help="Convert each result while it downloads (--no-pipeline: download first).",
 )
 @click.option(
+    "--run-attempts",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Query runs per job when a run ends failed (1: fail the job at once).",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(min=0.1),
     help="API requests per second [default: 24 for test keys, 95 for live keys].",
@@ -168,6 +175,7 @@ def run(
     max_running: int,
     max_downloads: int,
     convert_workers: int,
+    run_attempts: int,
     pipeline: bool,
     rate: float | None,
     report_path: str | None,
@@ -203,6 +211,7 @@ def run(
             max_running=max_running,
             max_downloads=max_downloads,
             convert_workers=convert_workers,
+            run_attempts=run_attempts,
             pipeline=pipeline,
             rate=rate,
             api_key=api_key,

@@ -31,6 +31,7 @@ from batchrunner.client import (
     SigmaClient,
 )
 from batchrunner.engine import Engine, Observer, RunnerConfig, RunResult
+from batchrunner.errors import ConfigError
 from batchrunner.jobs import Job, load_jobs
 from batchrunner.limiter import RateConfig
 from batchrunner.outputs import Manifest, ManifestEntry, write_json_atomic
@@ -94,13 +95,20 @@ async def open_api(
                 retry=options.retry,
             )
         else:
+            if (options.api_base, options.files_base) != (STRIPE_API_BASE, STRIPE_FILES_BASE):
+                # A host without a key is a mistake, not a request for the emulator.
+                raise ConfigError(
+                    f"no API key, but the API base is {options.api_base} and the files base "
+                    f"{options.files_base}: pass api_key for that host, or leave both bases "
+                    "at their defaults to use the embedded emulator"
+                )
             from batchrunner.emulator import EmulatorConfig, serve_emulator
 
             emulator = await stack.enter_async_context(
                 serve_emulator(EmulatorConfig(scale=options.emulator_scale))
             )
             announce(
-                f"No STRIPE_API_KEY set: running against the embedded Sigma emulator at "
+                f"No API key given: running against the embedded Sigma emulator at "
                 f"{emulator.api_base} (synthetic data, scale {options.emulator_scale:g})."
             )
             key = emulator.test_key

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
+
 import batchrunner
 from batchrunner import Job, RunOptions, load_jobs, run_jobs
 from batchrunner.emulator import EmulatorHandle
@@ -80,3 +82,11 @@ async def test_run_jobs_leaves_a_callers_freeze_alone(
     assert result.ok and seen
     # Frozen objects can only leave (freed by reference counting), never join.
     assert 0 < max(seen) <= frozen and 0 < after <= frozen
+
+
+async def test_a_custom_host_without_a_key_is_refused_not_emulated(tmp_path: Path) -> None:
+    """No key but a non-default API base: ConfigError naming the host; nothing runs or lands."""
+    options = RunOptions(out_dir=tmp_path / "out", api_base="http://127.0.0.1:9")
+    with pytest.raises(batchrunner.ConfigError, match=r"no API key.*127\.0\.0\.1:9"):
+        await run_jobs(_two_jobs(tmp_path), options)
+    assert not list((tmp_path / "out").rglob("*.parquet"))
