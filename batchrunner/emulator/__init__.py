@@ -11,14 +11,10 @@ See :mod:`batchrunner.emulator.server` for the request pipeline and the decision
 where Stripe publishes nothing.
 """
 
+from batchrunner.emulator.config import EmulatorConfig
 from batchrunner.emulator.faults import FaultSpec
 from batchrunner.emulator.ratelimit import RateLimits
-from batchrunner.emulator.server import (
-    EmulatorConfig,
-    EmulatorHandle,
-    serve_emulator,
-    serve_forever,
-)
+from batchrunner.emulator.serving import EmulatorHandle, serve_emulator, serve_forever
 
 __all__ = [
     "EmulatorConfig",

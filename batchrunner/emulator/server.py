@@ -21,40 +21,26 @@ Every response carries ``Request-Id``; errors use Stripe's shape
 ``{"error": {"type", "code", "message", "param", "doc_url", "request_log_url"}}`` (absent
 members are ``null``). ``Stripe-Should-Retry`` is ``true`` on 409 and 5xx, ``false`` on the
 other 4xx this server emits, and absent on 429 (the client's backoff rules apply).
-
-:func:`serve_emulator` runs the emulator on its own event loop in a thread (a blocking
-portal), like a server in another process; :func:`serve_forever` (the CLI) runs it on the
-caller's loop. Either way one task group owns the query-run tasks and is cancelled at exit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import anyio
 import anyio.abc
 from aiohttp import web
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from batchrunner.emulator.auth import (
-    Account,
-    Authenticator,
-    AuthFailure,
-    default_keys,
-    key_livemode,
-)
-from batchrunner.emulator.faults import FaultInjector, FaultSpec
+from batchrunner.emulator.auth import Account, Authenticator, AuthFailure
+from batchrunner.emulator.config import EmulatorConfig
+from batchrunner.emulator.faults import FaultInjector
 from batchrunner.emulator.idempotency import (
     Fingerprint,
     IdempotencyStore,
@@ -64,7 +50,7 @@ from batchrunner.emulator.idempotency import (
     SavedResponse,
     key_error,
 )
-from batchrunner.emulator.ratelimit import Clock, RateLimiter, RateLimits
+from batchrunner.emulator.ratelimit import Clock, RateLimiter
 from batchrunner.emulator.runs import (
     FileStore,
     ResultFile,
@@ -75,11 +61,19 @@ from batchrunner.emulator.runs import (
     WarehouseLike,
     new_id,
 )
-from batchrunner.emulator.warehouse import Warehouse
-from batchrunner.errors import ConfigError
+from batchrunner.emulator.stats import Stats
+from batchrunner.emulator.stripe_errors import (
+    HttpError,
+    dumps,
+    empty,
+    exclusive,
+    missing,
+    no_such,
+    should_retry,
+    too_long,
+)
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 DEFAULT_STRIPE_VERSION: Final = "2025-07-30.preview"
 MAX_SQL_LENGTH: Final = 100_000
@@ -91,212 +85,7 @@ _NOT_SAVED: Final = frozenset({400, 409, 429})
 
 
 # --------------------------------------------------------------------------------------
-# Configuration and the handle
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EmulatorConfig:
-    """Everything about one emulator instance.
-
-    Example::
-
-        EmulatorConfig(scale=0.02, time_scale=0, faults=FaultSpec.parse("chaos"))
-
-    ``files_port=None`` serves result downloads on the API listener; ``0`` gives them
-    their own ephemeral listener (as Stripe's ``files.stripe.com``). ``api_keys`` empty
-    means one ``sk_test_`` and one ``sk_live_`` key derived from ``seed``. Run time is
-    modelled as ``(run_time_base_s + run_time_per_row_s * rows_scanned) *
-    U(1 - run_time_jitter, 1 + run_time_jitter) * time_scale`` (``time_scale=0``: as fast
-    as DuckDB), and a ``slow_run_fraction`` of the runs (chosen by ``seed``) take
-    ``slow_run_factor`` times longer. ``latency_s`` delays every ``/v1`` answer (after the
-    idempotency check), to model Stripe's response times.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    files_port: int | None = 0
-    scale: float = 1.0
-    seed: int = 42
-    time_scale: float = 1.0
-    faults: FaultSpec = field(default_factory=FaultSpec)
-    api_keys: tuple[str, ...] = ()
-    rate_limits: RateLimits = field(default_factory=RateLimits)
-    max_concurrent_runs: int = 20
-    max_run_time_s: float = 300.0
-    run_time_base_s: float = 1.0
-    run_time_per_row_s: float = 2e-6
-    run_time_jitter: float = 0.3
-    slow_run_fraction: float = 0.0
-    slow_run_factor: float = 10.0
-    success_status: Literal["succeeded", "completed"] = "succeeded"
-    csv_bom: bool = False
-    cache_dir: Path | None = None
-    results_dir: Path | None = None
-    latency_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.time_scale < 0:
-            raise ConfigError("time_scale must be >= 0")
-        if not 0 <= self.run_time_jitter < 1:
-            raise ConfigError("run_time_jitter must be in [0, 1)")
-        if self.max_concurrent_runs < 1:
-            raise ConfigError("max_concurrent_runs must be >= 1")
-        if self.max_run_time_s <= 0:
-            raise ConfigError("max_run_time_s must be > 0")
-        if self.run_time_base_s < 0:
-            raise ConfigError("run_time_base_s must be >= 0")
-        if not 0 <= self.slow_run_fraction <= 1:
-            raise ConfigError("slow_run_fraction must be in [0, 1]")
-        if self.slow_run_factor < 1:
-            raise ConfigError("slow_run_factor must be >= 1")
-        if self.latency_s < 0:
-            raise ConfigError("latency_s must be >= 0")
-        if self.success_status not in ("succeeded", "completed"):
-            raise ConfigError("success_status must be 'succeeded' or 'completed'")
-
-    def keys(self) -> tuple[str, ...]:
-        """The accepted API keys (the defaults when none are configured)."""
-        return self.api_keys or default_keys(self.seed)
-
-
-class EmulatorHandle:
-    """A running emulator: where it listens, which keys it takes, and its statistics.
-
-    ``stats()`` and ``reset_stats()`` may be called from any thread: when the emulator runs
-    on its own event-loop thread (as :func:`serve_emulator` does) they run there.
-    """
-
-    __slots__ = ("_portal", "_server", "api_base", "config", "files_base", "live_key", "test_key")
-
-    def __init__(self, *, server: EmulatorServer, portal: BlockingPortal | None = None) -> None:
-        self._server = server
-        self._portal = portal
-        self.api_base = server.api_base
-        self.files_base = server.files_base
-        self.config = server.config
-        keys = self.config.keys()
-        self.test_key = next((k for k in keys if key_livemode(k) is False), "")
-        self.live_key = next((k for k in keys if key_livemode(k) is True), "")
-
-    @property
-    def warehouse(self) -> Warehouse:
-        """The warehouse behind the runs (tests compute the expected answer with it)."""
-        return cast(Warehouse, self._server.warehouse)
-
-    def _on_loop(self, func: Callable[[], _T]) -> _T:
-        portal = self._portal
-        if portal is None or threading.get_ident() == self._server.loop_thread:
-            return func()
-        return portal.call(func)
-
-    def stats(self, *, runs: bool = False) -> dict[str, Any]:
-        """The same counters ``GET /_emulator/stats`` returns (``runs``: as ``?runs=1``)."""
-        return self._on_loop(partial(self._server.stats, runs=runs))
-
-    def reset_stats(self) -> None:
-        """Zero the counters (objects and idempotency keys are kept)."""
-        self._on_loop(self._server.reset_stats)
-
-    def __repr__(self) -> str:
-        return f"<EmulatorHandle api={self.api_base} files={self.files_base}>"
-
-
-# --------------------------------------------------------------------------------------
-# Errors and small helpers
-
-
-class _HttpError(Exception):
-    """An error answer in Stripe's shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self, request_id: str, account: Account | None) -> bytes:
-        """The JSON error body."""
-        code = self.code
-        log_url = None
-        if account is not None:
-            mode = "" if account.livemode else "test/"
-            log_url = f"https://dashboard.stripe.com/{mode}logs/{request_id}"
-        error = {
-            "code": code,
-            "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
-            if code
-            else None,
-            "message": self.message,
-            "param": self.param,
-            "request_log_url": log_url,
-            "type": self.error_type,
-        }
-        return _dumps({"error": error})
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _missing(param: str) -> _HttpError:
-    return _HttpError(
-        400, f"Missing required param: {param}.", code="parameter_missing", param=param
-    )
-
-
-def _empty(param: str) -> _HttpError:
-    return _HttpError(
-        400,
-        f"You passed an empty string for '{param}'. We assume empty values are an attempt "
-        f"to unset a parameter; however '{param}' cannot be unset. You should remove "
-        f"'{param}' from your request or supply a non-empty value.",
-        code="parameter_invalid_empty",
-        param=param,
-    )
-
-
-def _too_long(param: str, value: str, limit: int) -> _HttpError:
-    return _HttpError(
-        400,
-        f"Invalid string: {value[:10]}...; must be at most {limit} characters",
-        param=param,
-    )
-
-
-def _no_such(kind: str, object_id: str, *, param: str = "id", status: int = 404) -> _HttpError:
-    return _HttpError(
-        status, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
-    )
-
-
-def _exclusive(*params: str) -> _HttpError:
-    names = ", ".join(sorted(params))
-    return _HttpError(
-        400,
-        f"You may only specify one of these parameters: {names}.",
-        code="parameters_exclusive",
-        param=params[0],
-    )
-
-
-def _should_retry(status: int) -> str | None:
-    if status == 409 or status >= 500:
-        return "true"
-    if 400 <= status < 500 and status != 429:
-        return "false"
-    return None
+# Range requests
 
 
 def byte_range(start: int | None, stop: int | None, size: int) -> tuple[int, int] | None:
@@ -314,56 +103,6 @@ def byte_range(start: int | None, stop: int | None, size: int) -> tuple[int, int
         return None
     end = size if stop is None else min(stop, size)
     return start, end - start
-
-
-# --------------------------------------------------------------------------------------
-# Statistics
-
-
-class _Stats:
-    __slots__ = (
-        "bytes_served",
-        "downloads",
-        "http_429",
-        "idempotency_conflicts",
-        "idempotency_mismatches",
-        "idempotent_replays",
-        "rate_limited",
-        "requests",
-        "resets",
-    )
-
-    def __init__(self) -> None:
-        self.requests: dict[str, dict[str, int]] = {}
-        self.http_429 = 0
-        self.rate_limited = 0
-        self.idempotent_replays = 0
-        self.idempotency_conflicts = 0
-        self.idempotency_mismatches = 0
-        self.bytes_served = 0
-        self.resets = 0
-        # dropped: the client went away mid-stream (only throttled/cut downloads are
-        # streamed by the emulator; aiohttp itself ends a plain file response quietly).
-        self.downloads = {"started": 0, "cut": 0, "slow": 0, "dropped": 0}
-
-    def record(self, label: str, status: str) -> None:
-        by_status = self.requests.get(label)
-        if by_status is None:
-            by_status = self.requests[label] = {}
-        by_status[status] = by_status.get(status, 0) + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": {k: dict(v) for k, v in self.requests.items()},
-            "http_429": self.http_429,
-            "rate_limited": self.rate_limited,
-            "idempotent_replays": self.idempotent_replays,
-            "idempotency_conflicts": self.idempotency_conflicts,
-            "idempotency_mismatches": self.idempotency_mismatches,
-            "bytes_served": self.bytes_served,
-            "connection_resets": self.resets,
-            "downloads": dict(self.downloads),
-        }
 
 
 # --------------------------------------------------------------------------------------
@@ -421,7 +160,10 @@ class _Aborted(web.StreamResponse):
 
 
 class EmulatorServer:
-    """State and request handling of one emulator (used through :func:`serve_emulator`)."""
+    """State and request handling of one emulator.
+
+    Used through :func:`batchrunner.emulator.serving.serve_emulator`.
+    """
 
     def __init__(
         self,
@@ -465,7 +207,7 @@ class EmulatorServer:
             csv_bom=config.csv_bom,
             seed=config.seed,
         )
-        self._stats = _Stats()
+        self._stats = Stats()
         self._runners: list[web.AppRunner] = []
         self.loop_thread = threading.get_ident()
         self.api_base = ""
@@ -493,7 +235,7 @@ class EmulatorServer:
 
     def reset_stats(self) -> None:
         """Zero the counters; objects, keys and saved responses stay."""
-        self._stats = _Stats()
+        self._stats = Stats()
         self._engine.reset_stats()
         self._faults.reset_counts()
 
@@ -590,7 +332,7 @@ class EmulatorServer:
             "Request-Id": ctx.request_id,
             "Stripe-Version": ctx.request.headers.get("Stripe-Version", DEFAULT_STRIPE_VERSION),
         }
-        retry = _should_retry(status)
+        retry = should_retry(status)
         if retry is not None:
             headers["Stripe-Should-Retry"] = retry
         if ctx.idempotency_key is not None:
@@ -601,7 +343,7 @@ class EmulatorServer:
             status=status, body=body, content_type="application/json", headers=headers
         )
 
-    def _error(self, ctx: _Ctx, err: _HttpError) -> web.Response:
+    def _error(self, ctx: _Ctx, err: HttpError) -> web.Response:
         return self._json(ctx, err.status, err.body(ctx.request_id, ctx.account), err.headers)
 
     def _abort(self, request: web.Request) -> web.StreamResponse:
@@ -615,10 +357,10 @@ class EmulatorServer:
         ctx = _Ctx(request, new_id("req_", 14))
         try:
             response = await self._pipeline(ep, ctx)
-        except _HttpError as err:
+        except HttpError as err:
             response = self._error(ctx, err)
         except web.HTTPException as exc:  # e.g. 413 from reading an oversized body
-            response = self._error(ctx, _HttpError(exc.status, exc.reason))
+            response = self._error(ctx, HttpError(exc.status, exc.reason))
         except Exception:
             log.exception("endpoint %s failed", ep.label)
             response = self._error(ctx, self._internal_error())
@@ -640,7 +382,7 @@ class EmulatorServer:
             # window and saves nothing under its Idempotency-Key. ctx.account stays None,
             # so the body has no request_log_url.
             headers = {"WWW-Authenticate": 'Basic realm="Stripe"'} if auth.status == 401 else None
-            raise _HttpError(auth.status, auth.message, headers=headers)
+            raise HttpError(auth.status, auth.message, headers=headers)
         ctx.account = auth
         admitted = (
             self._limiter.admit_files_read(auth.livemode)
@@ -658,7 +400,7 @@ class EmulatorServer:
             if faults.reset_before:
                 return self._abort(request)
             if faults.server_error is not None:
-                raise _HttpError(
+                raise HttpError(
                     faults.server_error,
                     "An unknown error occurred while processing your request.",
                     error_type="api_error",
@@ -680,8 +422,8 @@ class EmulatorServer:
             return reply
         return self._json(ctx, reply[0], reply[1])
 
-    def _rate_limit_error(self) -> _HttpError:
-        return _HttpError(
+    def _rate_limit_error(self) -> HttpError:
+        return HttpError(
             429,
             "Request rate limit exceeded. Learn more about rate limits here "
             "https://stripe.com/docs/rate-limits.",
@@ -697,7 +439,7 @@ class EmulatorServer:
         problem = key_error(key)
         if problem is not None:
             ctx.idempotency_key = None
-            raise _HttpError(400, problem, error_type="idempotency_error")
+            raise HttpError(400, problem, error_type="idempotency_error")
         assert ctx.account is not None
         scope = ctx.account.api_key
         fingerprint = Fingerprint.of(ep.label, ctx.request.path, sorted(ctx.params.items()))
@@ -713,16 +455,16 @@ class EmulatorServer:
             )
         if isinstance(outcome, InFlight):
             self._stats.idempotency_conflicts += 1
-            raise _HttpError(
+            raise HttpError(
                 409, outcome.message, error_type="idempotency_error", code="idempotency_key_in_use"
             )
         if isinstance(outcome, Mismatch):
             self._stats.idempotency_mismatches += 1
-            raise _HttpError(400, outcome.message, error_type="idempotency_error")
+            raise HttpError(400, outcome.message, error_type="idempotency_error")
         try:
             try:
                 reply = await self._execute(ep, ctx)
-            except _HttpError as err:
+            except HttpError as err:
                 reply = (err.status, err.body(ctx.request_id, ctx.account))
             except Exception:  # a genuine internal error: saved and replayed, like Stripe
                 log.exception("endpoint %s failed", ep.label)
@@ -738,8 +480,8 @@ class EmulatorServer:
             self._idempotency.complete(scope, key, SavedResponse(status, body, ctx.request_id))
         return self._json(ctx, status, body)
 
-    def _internal_error(self) -> _HttpError:
-        return _HttpError(500, "An unknown error occurred", error_type="api_error")
+    def _internal_error(self) -> HttpError:
+        return HttpError(500, "An unknown error occurred", error_type="api_error")
 
     async def _parse_params(self, ep: _Endpoint, ctx: _Ctx) -> None:
         request = ctx.request
@@ -750,7 +492,7 @@ class EmulatorServer:
             mime = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
             body = await request.read()
             if mime and mime != "application/x-www-form-urlencoded":
-                raise _HttpError(
+                raise HttpError(
                     400,
                     f"Invalid request: unsupported Content-Type {mime}. Stripe's API takes "
                     "application/x-www-form-urlencoded request bodies.",
@@ -760,14 +502,14 @@ class EmulatorServer:
                     text = body.decode("utf-8")
                     pairs += parse_qsl(text, keep_blank_values=True, max_num_fields=1000)
                 except (UnicodeDecodeError, ValueError):
-                    raise _HttpError(
+                    raise HttpError(
                         400, "Invalid request: the body is not valid UTF-8 form data."
                     ) from None
         params: dict[str, str] = {}
         allowed = ep.params
         for name, value in pairs:
             if name not in allowed and not (name == "expand" or name.startswith("expand[")):
-                raise _HttpError(
+                raise HttpError(
                     400,
                     f"Received unknown parameter: {name}",
                     code="parameter_unknown",
@@ -781,7 +523,7 @@ class EmulatorServer:
         self._stats.record(f"{request.method} (unrecognized)", "404")
         return self._error(
             ctx,
-            _HttpError(
+            HttpError(
                 404,
                 f"Unrecognized request URL ({request.method}: {request.path}). Please see "
                 "https://stripe.com/docs or we can help at https://support.stripe.com/.",
@@ -790,22 +532,22 @@ class EmulatorServer:
 
     def _loopback_only(self, request: web.Request, ctx: _Ctx) -> None:
         if request.remote not in _LOOPBACK:
-            raise _HttpError(403, "The emulator's statistics are served to loopback peers only.")
+            raise HttpError(403, "The emulator's statistics are served to loopback peers only.")
 
     async def _stats_view(self, request: web.Request) -> web.StreamResponse:
         ctx = _Ctx(request, new_id("req_", 14))
         try:
             self._loopback_only(request, ctx)
-        except _HttpError as err:
+        except HttpError as err:
             return self._error(ctx, err)
         runs = request.query.get("runs", "").lower() in ("1", "true")
-        return self._json(ctx, 200, _dumps(self.stats(runs=runs)))
+        return self._json(ctx, 200, dumps(self.stats(runs=runs)))
 
     async def _reset_stats_view(self, request: web.Request) -> web.StreamResponse:
         ctx = _Ctx(request, new_id("req_", 14))
         try:
             self._loopback_only(request, ctx)
-        except _HttpError as err:
+        except HttpError as err:
             return self._error(ctx, err)
         self.reset_stats()
         return self._json(ctx, 200, b'{"reset":true}')
@@ -816,31 +558,31 @@ class EmulatorServer:
         sql = ctx.params.get("sql")
         if sql is None:
             if required:
-                raise _missing("sql")
+                raise missing("sql")
             return None
         if not sql.strip():
-            raise _empty("sql")
+            raise empty("sql")
         if len(sql) > MAX_SQL_LENGTH:
-            raise _too_long("sql", sql, MAX_SQL_LENGTH)
+            raise too_long("sql", sql, MAX_SQL_LENGTH)
         return sql
 
     def _name_param(self, ctx: _Ctx) -> str | None:
         name = ctx.params.get("name")
         if name is not None and len(name) > MAX_NAME_LENGTH:
-            raise _too_long("name", name, MAX_NAME_LENGTH)
+            raise too_long("name", name, MAX_NAME_LENGTH)
         return name or None
 
     async def _create_run(self, ctx: _Ctx) -> _Reply:
         params = ctx.params
         saved_id = params.get("from_saved_query")
         if saved_id is not None and "sql" in params:
-            raise _exclusive("sql", "from_saved_query")
+            raise exclusive("sql", "from_saved_query")
         if saved_id is not None:
             if not saved_id:
-                raise _empty("from_saved_query")
+                raise empty("from_saved_query")
             saved = self._saved.get(ctx.livemode, saved_id)
             if saved is None:
-                raise _no_such("saved query", saved_id, param="from_saved_query", status=400)
+                raise no_such("saved query", saved_id, param="from_saved_query", status=400)
             sql = saved.sql
         else:
             sql = self._sql_param(ctx, required=True) or ""
@@ -850,7 +592,7 @@ class EmulatorServer:
     async def _retrieve_run(self, ctx: _Ctx) -> _Reply:
         run = self._engine.get(ctx.livemode, ctx.path_id)
         if run is None:
-            raise _no_such("query run", ctx.path_id)
+            raise no_such("query run", ctx.path_id)
         self._engine.note_poll(run)
         return 200, run.body()
 
@@ -858,30 +600,30 @@ class EmulatorServer:
         sql = self._sql_param(ctx, required=True) or ""
         name = self._name_param(ctx)
         query = self._saved.create(ctx.livemode, sql=sql, name=name)
-        return 200, _dumps(query.to_dict())
+        return 200, dumps(query.to_dict())
 
     async def _retrieve_saved(self, ctx: _Ctx) -> _Reply:
         query = self._saved.get(ctx.livemode, ctx.path_id)
         if query is None:
-            raise _no_such("saved query", ctx.path_id)
-        return 200, _dumps(query.to_dict())
+            raise no_such("saved query", ctx.path_id)
+        return 200, dumps(query.to_dict())
 
     async def _update_saved(self, ctx: _Ctx) -> _Reply:
         query = self._saved.get(ctx.livemode, ctx.path_id)
         if query is None:
-            raise _no_such("saved query", ctx.path_id)
+            raise no_such("saved query", ctx.path_id)
         sql = self._sql_param(ctx, required=False)
         name = self._name_param(ctx)
         if sql is not None:
             query.sql = sql
         if "name" in ctx.params:
             query.name = name
-        return 200, _dumps(query.to_dict())
+        return 200, dumps(query.to_dict())
 
     async def _delete_saved(self, ctx: _Ctx) -> _Reply:
         if not self._saved.delete(ctx.livemode, ctx.path_id):
-            raise _no_such("saved query", ctx.path_id)
-        return 200, _dumps({"id": ctx.path_id, "object": "sigma.sigma_api_query", "deleted": True})
+            raise no_such("saved query", ctx.path_id)
+        return 200, dumps({"id": ctx.path_id, "object": "sigma.sigma_api_query", "deleted": True})
 
     def _page_args(self, ctx: _Ctx) -> tuple[int, str | None, str | None]:
         params = ctx.params
@@ -889,17 +631,17 @@ class EmulatorServer:
         try:
             limit = int(raw)
         except ValueError:
-            raise _HttpError(
+            raise HttpError(
                 400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param="limit"
             ) from None
         if limit < 1:
-            raise _HttpError(400, "This value must be greater than or equal to 1.", param="limit")
+            raise HttpError(400, "This value must be greater than or equal to 1.", param="limit")
         if limit > 100:
-            raise _HttpError(400, "This value must be less than or equal to 100.", param="limit")
+            raise HttpError(400, "This value must be less than or equal to 100.", param="limit")
         after = params.get("starting_after") or None
         before = params.get("ending_before") or None
         if after is not None and before is not None:
-            raise _exclusive("starting_after", "ending_before")
+            raise exclusive("starting_after", "ending_before")
         return limit, after, before
 
     async def _list_saved(self, ctx: _Ctx) -> _Reply:
@@ -909,8 +651,8 @@ class EmulatorServer:
                 ctx.livemode, limit=limit, starting_after=after, ending_before=before
             )
         except UnknownCursor as exc:
-            raise _no_such("saved query", exc.object_id, param=exc.param, status=400) from None
-        return 200, _dumps(
+            raise no_such("saved query", exc.object_id, param=exc.param, status=400) from None
+        return 200, dumps(
             {
                 "object": "list",
                 "data": [q.to_dict() for q in items],
@@ -925,8 +667,8 @@ class EmulatorServer:
         cursor = after or before
         if cursor is not None:
             param = "starting_after" if after else "ending_before"
-            raise _no_such("scheduled query run", cursor, param=param, status=400)
-        return 200, _dumps(
+            raise no_such("scheduled query run", cursor, param=param, status=400)
+        return 200, dumps(
             {
                 "object": "list",
                 "data": [],
@@ -936,16 +678,16 @@ class EmulatorServer:
         )
 
     async def _retrieve_scheduled(self, ctx: _Ctx) -> _Reply:
-        raise _no_such("scheduled query run", ctx.path_id)
+        raise no_such("scheduled query run", ctx.path_id)
 
     def _file(self, ctx: _Ctx) -> ResultFile:
         file = self._files.get(ctx.livemode, ctx.path_id)
         if file is None:
-            raise _no_such("file upload", ctx.path_id)
+            raise no_such("file upload", ctx.path_id)
         return file
 
     async def _retrieve_file(self, ctx: _Ctx) -> _Reply:
-        return 200, _dumps(self._file(ctx).to_dict(self.files_base))
+        return 200, dumps(self._file(ctx).to_dict(self.files_base))
 
     async def _file_contents(self, ctx: _Ctx) -> _Reply:
         file = self._file(ctx)
@@ -958,7 +700,7 @@ class EmulatorServer:
         except ValueError:
             span = None
         if span is None:
-            raise _HttpError(
+            raise HttpError(
                 416,
                 f"The requested range is not satisfiable for a file of {size} bytes.",
                 headers={"Content-Range": f"bytes */{size}"},
@@ -1043,114 +785,3 @@ class EmulatorServer:
             if transport is not None:
                 transport.close()
         return response
-
-
-# --------------------------------------------------------------------------------------
-# Serving
-
-
-@asynccontextmanager
-async def _serve_here(
-    config: EmulatorConfig,
-    *,
-    warehouse: WarehouseLike | None = None,
-    rate_clock: Clock | None = None,
-) -> AsyncIterator[EmulatorServer]:
-    """Run the emulator on the current event loop (the task group spans the ``yield``)."""
-    owned = warehouse is None
-    if warehouse is None:
-        opened: Warehouse = await anyio.to_thread.run_sync(
-            partial(
-                Warehouse.open, scale=config.scale, seed=config.seed, cache_dir=config.cache_dir
-            )
-        )
-        warehouse = opened
-    temp_dir: str | None = None
-    try:
-        if config.results_dir is None:
-            temp_dir = await anyio.to_thread.run_sync(
-                partial(tempfile.mkdtemp, prefix="sigma-emulator-")
-            )
-            results_dir = Path(temp_dir)
-        else:
-            results_dir = config.results_dir
-            await anyio.Path(results_dir).mkdir(parents=True, exist_ok=True)
-        # An exception from the body would come out of the task group wrapped in an
-        # exception group; it is unwrapped so callers see exactly what they raised.
-        body_error: BaseException | None = None
-        try:
-            async with anyio.create_task_group() as tg:
-                server = EmulatorServer(
-                    config,
-                    warehouse=warehouse,
-                    results_dir=results_dir,
-                    task_group=tg,
-                    rate_clock=rate_clock,
-                )
-                try:
-                    await server.start()
-                    yield server
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    await server.stop()
-                    tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if body_error is None or list(group.exceptions) != [body_error]:
-                raise
-        if body_error is not None:
-            raise body_error
-    finally:
-        with anyio.CancelScope(shield=True):
-            if temp_dir is not None:
-                await anyio.to_thread.run_sync(partial(shutil.rmtree, temp_dir, ignore_errors=True))
-            if owned:
-                close = getattr(warehouse, "close", None)
-                if close is not None:
-                    await anyio.to_thread.run_sync(close)
-
-
-@asynccontextmanager
-async def serve_emulator(
-    config: EmulatorConfig | None = None,
-    *,
-    warehouse: WarehouseLike | None = None,
-    rate_clock: Clock | None = None,
-) -> AsyncIterator[EmulatorHandle]:
-    """Run an emulator on loopback ports for the duration of the ``async with``.
-
-    The emulator gets its own event loop in a thread, like a server in another process:
-    its work never stalls the caller's loop, and entering and leaving may happen in
-    different tasks (as pytest-asyncio does with async fixtures). ``warehouse`` lends an
-    already open warehouse (not closed here; tests share one per session);
-    ``rate_clock`` replaces the rate limiter's monotonic clock (tests freeze it to count
-    refusals without depending on wall time).
-    """
-    config = config or EmulatorConfig()
-    portal_cm = start_blocking_portal(name="sigma-emulator")
-    portal = await anyio.to_thread.run_sync(portal_cm.__enter__)
-    try:
-        serving = portal.wrap_async_context_manager(
-            _serve_here(config, warehouse=warehouse, rate_clock=rate_clock)
-        )
-        server = await anyio.to_thread.run_sync(serving.__enter__)
-        handle = EmulatorHandle(server=server, portal=portal)
-        try:
-            yield handle
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(serving.__exit__, None, None, None)
-            handle._portal = None  # stopped: stats() now reads the final counters directly
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(portal_cm.__exit__, None, None, None)
-
-
-async def serve_forever(
-    config: EmulatorConfig, *, on_ready: Callable[[EmulatorHandle], None]
-) -> None:
-    """Serve on the current loop until cancelled; ``on_ready`` gets the handle once bound."""
-    async with _serve_here(config) as server:
-        on_ready(EmulatorHandle(server=server))
-        await anyio.sleep_forever()
