@@ -1,9 +1,19 @@
-"""CSV → Parquet: stream one Sigma result CSV into a typed, zstd-compressed Parquet file.
+"""CSV → Parquet: convert one Sigma result CSV into a typed, zstd-compressed Parquet file.
 
-The CSV is read with ``pyarrow.csv.open_csv`` (memory does not grow with the file) with every
-column pinned to a type chosen by :mod:`batchrunner.coltypes`, buffered into row groups of
-``row_group_rows`` rows (or ``row_group_bytes``), and written with ``pq.ParquetWriter`` to a
-file this module opens, flushes and fsyncs. The engine renames it into place.
+The CSV is cut into chunks of ``chunk_size`` bytes at record boundaries; a reading thread
+feeds them to ``PARSE_THREADS`` parsing threads (``pyarrow.csv.read_csv``, every column pinned
+to a type chosen by :mod:`batchrunner.coltypes`), and the caller's thread writes the parsed
+chunks, in file order, as row groups of ``row_group_rows`` rows (or ``row_group_bytes``) with
+``pq.ParquetWriter`` to a file this module opens, flushes and fsyncs. The engine renames it
+into place. Memory is bounded by the chunks in flight, never by the file's size.
+
+Why chunks: pyarrow's streaming reader (``open_csv``) parses on one thread whatever its
+``use_threads`` says, so parsing and Parquet encoding shared one core. Parsing chunks on
+other threads while the caller encodes uses both cores. On a 1.1 GB balance-transactions
+CSV (2 cores): 4.9 s alone against 6.8 s for the streaming reader (220 against 160 MB/s);
+inside ``batchrunner run``, download included, 6.0 s against 7.5 s, where the bare
+streaming conversion of the downloaded file takes 6.6 s; peak RSS of the runner ~370 MB
+(~325 MB before), the same for a 0.25 GB export.
 
 Reading rules (Sigma's CSV: UTF-8, optional BOM, RFC 4180 quoting, NULL as an empty field):
 
@@ -14,18 +24,28 @@ Reading rules (Sigma's CSV: UTF-8, optional BOM, RFC 4180 quoting, NULL as an em
   ``timestamp[ms]`` and relabelled ``timestamp[ms, tz=UTC]`` (a zero-copy cast). Reading them
   as text and casting measured ~20% slower overall, and the reader refuses zone-less text for
   a zoned type outright.
+* a record ends at a line feed preceded by an even number of ``"`` bytes (a doubled quote adds
+  two): that is where chunks are cut. It holds for RFC 4180, where a field holding a quote is
+  quoted; a bare quote inside an unquoted field (``5" screen``), which Sigma never writes,
+  would make pyarrow and the cut disagree. Line breaks are LF or CRLF (a bare CR is not a cut).
 
-Two rare cases cost a second read instead of a failed job:
+Two rare cases cost more than one read:
 
 * a later value contradicts a type chosen from Sigma's schema or from the sample (an integer
   column that turns to text 3 M rows in): the conversion starts again with that column
   widened to string. A type the job gave is never widened: the value is reported instead.
-* a row longer than a read block (the streaming reader cannot hold a row across more than two
-  blocks): the file is scanned for its long rows, which are then read on their own with a
-  block that fits them, so memory follows the longest row, not the file.
+* a row longer than a chunk: the chunk grows until it holds the row (memory follows the
+  longest row, up to ``MAX_ROW_BYTES``).
+
+A chunk holding a CR byte is parsed as one block, and so is one whose rows straddle more than
+two blocks: this keeps clear of an Arrow bug (apache/arrow#51368, open in pyarrow 26) that
+silently drops the LF of a CRLF inside a quoted field when a block boundary falls between the
+CR and the LF. The streaming reader this module used before was exposed to it at any block
+size. Chunks themselves are cut only after an LF outside quotes, never after a CR.
 
 Every pyarrow and OS error is translated here into :class:`ConversionError` (the CSV) or
-:class:`OutputError` (the Parquet file), with the row, line or byte offset where possible.
+:class:`OutputError` (the Parquet file), with the data row, line or byte offset where possible:
+each chunk knows where it starts in the file, so a failing chunk is located on its own.
 """
 
 from __future__ import annotations
@@ -36,15 +56,19 @@ import io
 import logging
 import os
 import re
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager, suppress
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -60,11 +84,9 @@ from batchrunner.errors import ConversionError, OutputError
 from batchrunner.growing import GrowingFile
 from batchrunner.outputs import output_error
 
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
-
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_CHUNK_SIZE",
     "DEFAULT_ROW_GROUP_BYTES",
     "DEFAULT_ROW_GROUP_ROWS",
     "ConvertResult",
@@ -76,15 +98,29 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: CSV read block. PERFORMANCE-NOTES measured 8 MiB blocks ~25% faster than 1 MiB, but that
-#: run wrote one row group per block, so bigger blocks also meant fewer, larger row groups.
-#: With row groups buffered to a fixed size the block size no longer moved throughput here
-#: (1 MiB 126–139 MB/s, 8 MiB 127–131 MB/s, three runs each on a 434 MB Stripe-like CSV),
-#: while the streaming reader reads up to 32 blocks ahead: ~40 MB held at 1 MiB, ~300 MB at
-#: 8 MiB. 1 MiB keeps two concurrent conversions of any size well below 512 MB RSS each.
+T = TypeVar("T")
+
+#: Bytes of CSV parsed as one unit. Converting the 1.1 GB CSV alone, peak RSS: 8 MiB ~390 MB;
+#: 16 MiB no faster, ~+100 MB; 4 MiB (with 6 queued) ~5% slower for ~-20 MB.
+DEFAULT_CHUNK_SIZE = 8 << 20
+#: pyarrow's read block inside a chunk; the cancel event is looked at between the batches of
+#: rows of about this many CSV bytes. 1 MiB blocks and one block per chunk parsed equally
+#: fast, but one 8 MiB block held ~40 MB more RSS in the runner (431 against 383 MB).
 DEFAULT_BLOCK_SIZE = 1 << 20
+#: Parsing threads. Parsing and reading take ~45% of a conversion's CPU, Parquet encoding
+#: (one thread: the writer, which nothing can split) ~55%: the writer is the bottleneck, and
+#: two parsers keep up with it even for results that are costlier to parse than to encode.
+PARSE_THREADS = 2
+#: How much lower (Linux nice) the parsing threads run, so that they never take the writer's
+#: core, nor the event loop's while it downloads: they only need what is left, and parsed
+#: chunks wait for the writer anyway. Measured in the runner on the 1.1 GB CSV, medians of
+#: three: 5.9 s with, 6.4 s without (0.85 and 0.93 × the bare streaming conversion).
+PARSE_NICENESS = 10
+#: Parsed chunks waiting for the writer, which takes a row group (~250k rows, ~6 chunks) at a
+#: time: with 2 it waited for the parsers ~1 s per GB; each one more holds ~9 MB.
+PARSED_AHEAD = 4
 #: Rows per row group: ~55 MB of Arrow data for a 17-column balance-transactions result,
-#: large enough for efficient scans, small enough to buffer (peak RSS ~300 MB).
+#: large enough for efficient scans, small enough to buffer.
 DEFAULT_ROW_GROUP_ROWS = 250_000
 #: ...but a wide result (80-column charges) ends its row group at this many Arrow bytes.
 DEFAULT_ROW_GROUP_BYTES = 64 << 20
@@ -92,9 +128,9 @@ DEFAULT_ROW_GROUP_BYTES = 64 << 20
 SAMPLE_BYTES = 4 << 20
 #: A header line longer than this is not a Sigma result.
 HEADER_LIMIT = 1 << 20
-#: A single CSV row longer than this is refused: converting one row takes ~5x its size in
-#: memory (read block, parsed copy, Arrow string, Parquet encoding and compression buffers);
-#: a 100 MB field peaked at ~660 MB RSS.
+#: A single CSV row longer than this is refused: converting one row takes several times its
+#: size in memory (the grown chunk, parsed copy, Arrow string, Parquet encoding and
+#: compression buffers); a 100 MB field peaked at ~840 MB RSS (the streaming reader: ~820).
 MAX_ROW_BYTES = 128 << 20
 
 #: What to do about a result file that cannot be Sigma's: the rerun runs the query again.
@@ -104,6 +140,7 @@ _BOM = codecs.BOM_UTF8
 _MAX_SHOWN = 240
 _COLUMN_ERROR = re.compile(r"In CSV column #(\d+): (.*)", re.DOTALL)
 _RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
+_INVALID_VALUE = re.compile(r"invalid value '(.*)'\Z", re.DOTALL)
 _STRADDLING = "straddl"  # "straddling object straddles two block boundaries"
 
 
@@ -129,12 +166,31 @@ class CsvHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class _Stretch:
-    """Bytes ``[start, end)`` of the data rows, read with blocks of ``block_size``."""
+class _Chunk:
+    """Whole records of the CSV: ``data`` starts at byte ``offset``; chunk 0 holds the header.
 
-    start: int
-    end: int
-    block_size: int
+    ``has_cr``: whether it holds a CR byte, so that it must be parsed as one block.
+    """
+
+    index: int
+    offset: int
+    data: pa.Buffer
+    has_cr: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """One chunk's outcome, in file order: its table or the error parsing it raised.
+
+    A failed chunk is kept to locate the error in; a parsed one is not (its bytes would stay
+    in memory while its table waits for the writer). An error without a chunk is one of the
+    reading itself (the file, the download).
+    """
+
+    chunk: _Chunk | None
+    table: pa.Table | None = None
+    error: BaseException | None = None
+    chunk_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +207,16 @@ class _Contradicted:
     detail: str
 
 
-class _RowTooLong(Exception):
-    """Internal signal: a row spans more than two blocks; re-read with a row layout."""
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How the passes over one CSV read it."""
+
+    src: Path
+    header: CsvHeader
+    block_size: int
+    chunk_size: int
+    cancel: threading.Event | None
+    growing: GrowingFile | None
 
 
 def convert_csv_to_parquet(
@@ -164,16 +228,17 @@ def convert_csv_to_parquet(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     compression: str = "zstd",
     cancel: threading.Event | None = None,
     growing: GrowingFile | None = None,
 ) -> ConvertResult:
     """Convert the CSV at ``src`` into Parquet at ``dest`` (written whole and fsynced).
 
-    Blocking; run it in a worker thread. Setting ``cancel`` stops it within one block and
+    Blocking; run it in a worker thread (it starts its own reading and parsing threads and
+    joins them before returning). Setting ``cancel`` stops it within one read block and
     raises :class:`ConversionError`; the caller removes ``dest``. With ``growing``, ``src`` is
-    still being downloaded: the streaming passes read it as it grows, and the rare passes
-    that need the whole file (long-row layout, sizes) wait for the download. Example::
+    still being downloaded: it is read as it grows. Example::
 
         result = convert_csv_to_parquet(
             Path("run.csv"), Path("run.parquet.tmp"),
@@ -181,8 +246,10 @@ def convert_csv_to_parquet(
             sql="select id, amount, created from charges",
         )
     """
-    if row_group_rows < 1 or row_group_bytes < 1 or block_size < 1:
-        raise ValueError("row_group_rows, row_group_bytes and block_size must be positive")
+    if min(row_group_rows, row_group_bytes, block_size, chunk_size) < 1:
+        raise ValueError(
+            "row_group_rows, row_group_bytes, block_size and chunk_size must be positive"
+        )
     started = time.perf_counter()
     where = str(src)
     if growing is not None:
@@ -192,43 +259,23 @@ def convert_csv_to_parquet(
         check_job_types(header.names, column_types)
     except ValueError as exc:
         raise ConversionError(where, str(exc)) from None
+    reading = _Reading(src, header, block_size, chunk_size, cancel, growing)
 
-    layout: tuple[_Stretch, ...] | None = None  # None: one stream of `block_size` blocks
     chosen: tuple[ColumnChoice, ...] | None = None
     widened: list[str] = []
     while True:
-        try:
-            choices = chosen or _choose_columns(
-                src,
-                header,
-                column_types,
-                sql,
-                block_size=block_size,
-                layout=layout,
-                cancel=cancel,
-                growing=growing,
+        choices = chosen or _choose_columns(reading, column_types, sql)
+        chosen = choices
+        with closing(_batches(reading, choices)) as batches:
+            outcome = _write_parquet(
+                batches if header.has_rows else iter(()),
+                dest,
+                choices,
+                row_group_rows=row_group_rows,
+                row_group_bytes=row_group_bytes,
+                compression=compression,
+                check_cancel=lambda: _check_cancel(src, cancel),
             )
-            chosen = choices
-            with closing(
-                _batches(src, header, choices, block_size, layout, cancel, growing=growing)
-            ) as batches:
-                outcome = _write_parquet(
-                    batches if header.has_rows else iter(()),
-                    dest,
-                    choices,
-                    row_group_rows=row_group_rows,
-                    row_group_bytes=row_group_bytes,
-                    compression=compression,
-                    check_cancel=lambda: _check_cancel(src, cancel),
-                )
-        except _RowTooLong:
-            if layout is not None:  # pragma: no cover - the layout sizes blocks to their rows
-                raise ConversionError(where, "a row does not fit its read block") from None
-            log.info("%s: a row is longer than %d bytes; re-reading by rows", where, block_size)
-            if growing is not None:
-                growing.wait_complete()
-            layout = _row_layout(src, block_size, cancel)
-            continue
         if isinstance(outcome, _Written):
             break
         # Each round widens one more column, so this ends after at most len(header) rounds.
@@ -364,20 +411,80 @@ def _read_type(final: pa.DataType) -> pa.DataType:
     return final
 
 
-def _open_csv(
-    source: str | io.RawIOBase,
+def _batches(
+    reading: _Reading,
     choices: Sequence[ColumnChoice],
     *,
-    block_size: int,
-    with_header: bool,
-) -> pacsv.CSVStreamingReader:
-    names = [c.name for c in choices]
-    return pacsv.open_csv(
-        source,
+    limit: int | None = None,
+) -> Generator[pa.RecordBatch, None, None]:
+    """The data rows as batches of the final schema, in file order.
+
+    Without ``limit``, chunks are parsed ahead on ``PARSE_THREADS`` threads; with it (the
+    sample), chunks of at most SAMPLE_BYTES are parsed here until ``limit`` Arrow bytes.
+    Raises ``pa.ArrowInvalid`` for a value that contradicts a widenable column type (see
+    :func:`_contradiction`) and :class:`ConversionError` for everything else.
+    """
+    src, cancel = reading.src, reading.cancel
+    produced = rows_before = 0
+    _check_cancel(src, cancel)
+    if limit is None:
+        parsed: AbstractContextManager[Iterator[_Parsed]] = _parsed_ahead(reading, choices)
+    else:
+        chunk_size = min(reading.chunk_size, SAMPLE_BYTES)
+        parsed = closing(_parsed_here(reading, choices, chunk_size))
+    with parsed as outcomes:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                if outcome.chunk is None:
+                    raise outcome.error
+                raise _chunk_failure(outcome.error, reading, choices, outcome.chunk, rows_before)
+            table = outcome.table
+            assert table is not None and outcome.chunk_bytes > 0
+            slice_rows = max(1, table.num_rows * reading.block_size // outcome.chunk_bytes)
+            for batch in table.to_batches(max_chunksize=slice_rows):
+                _check_cancel(src, cancel)
+                yield batch
+                produced += batch.nbytes
+                if limit is not None and produced >= limit:
+                    return
+            rows_before += table.num_rows
+
+
+def _parse_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], reading: _Reading) -> pa.Table:
+    """Parse one chunk into a table of the final schema (in a parsing thread)."""
+    schema = _schema(choices)
+    try:
+        table = _read_chunk(chunk, choices, reading.block_size)
+    except pa.ArrowInvalid as exc:
+        if _STRADDLING not in str(exc):
+            raise
+        table = _read_chunk(chunk, choices, None)  # a row spans more than two blocks
+    if chunk.index == 0 and tuple(table.column_names) != reading.header.names:
+        raise ConversionError(
+            str(reading.src),
+            f"pyarrow reads the header as {table.column_names}, not "
+            f"{list(reading.header.names)}; the header row is malformed",
+        )
+    columns = table.columns
+    for i, choice in enumerate(choices):
+        if choice.type != _read_type(choice.type):
+            columns[i] = columns[i].cast(choice.type)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _read_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], block_size: int | None) -> pa.Table:
+    """Parse a chunk in blocks of ``block_size``, or as one block (None, or a CR inside).
+
+    One block when there is a CR: see the module's note on apache/arrow#51368.
+    """
+    whole = chunk.data.size + 1
+    return pacsv.read_csv(
+        pa.BufferReader(chunk.data),
         read_options=pacsv.ReadOptions(
-            block_size=block_size,
+            block_size=whole if block_size is None or chunk.has_cr else block_size,
+            # One chunk per parsing thread: pyarrow's own threads would only contend with them.
             use_threads=False,
-            column_names=None if with_header else names,
+            column_names=None if chunk.index == 0 else [c.name for c in choices],
         ),
         # newlines_in_values: Sigma's text fields can hold line breaks. Its measured cost on a
         # CSV without any was within run-to-run noise (<10%), so it is always on.
@@ -397,174 +504,247 @@ def _open_csv(
     )
 
 
-def _batches(
-    src: Path,
-    header: CsvHeader,
-    choices: Sequence[ColumnChoice],
-    block_size: int,
-    layout: Sequence[_Stretch] | None,
-    cancel: threading.Event | None,
-    *,
-    limit: int | None = None,
-    growing: GrowingFile | None = None,
-) -> Generator[pa.RecordBatch, None, None]:
-    """The data rows as batches of the final schema; stops after ``limit`` Arrow bytes.
+def _parsed_here(
+    reading: _Reading, choices: Sequence[ColumnChoice], chunk_size: int
+) -> Generator[_Parsed, None, None]:
+    """Read and parse chunk after chunk in this thread (the sample: a few MB, no read-ahead)."""
+    with closing(_chunks(reading, chunk_size, None)) as chunks:
+        for chunk in chunks:
+            try:
+                table = _parse_chunk(chunk, choices, reading)
+            except Exception as exc:  # translated by the caller, with the chunk
+                yield _Parsed(chunk, error=exc)
+                return
+            yield _Parsed(None, table=table, chunk_bytes=chunk.data.size)
 
-    Raises ``_RowTooLong`` (a row spans more than two blocks), ``pa.ArrowInvalid`` for a value
-    that contradicts a widenable column type (see :func:`_contradiction`), and
-    :class:`ConversionError` for everything else.
+
+@contextmanager
+def _parsed_ahead(
+    reading: _Reading, choices: Sequence[ColumnChoice]
+) -> Iterator[Iterator[_Parsed]]:
+    """The parsed chunks in file order, parsed ahead of the caller by a reading thread.
+
+    The reading thread cuts chunks and hands each to a pool of PARSE_THREADS, keeping at most
+    that many parses in flight and PARSED_AHEAD results queued: memory is bounded, whatever
+    the file's size. Leaving the block stops the threads and joins them; a thread waiting for
+    a growing file's next bytes notices at the next bytes or at the download's end.
     """
-    schema = _schema(choices)
-    relabel = [i for i, c in enumerate(choices) if c.type != _read_type(c.type)]
-    if layout is None:
-        stretches: Sequence[_Stretch | None] = [None]
-    else:
-        stretches = layout
-    produced = 0
-    with _csv_errors(src, choices, cancel):
-        for stretch in stretches:
-            if stretch is None:
-                source = str(src) if growing is None else growing.open()
-                reader = _open_csv(source, choices, block_size=block_size, with_header=True)
-                if tuple(reader.schema.names) != header.names:
-                    reader.close()
-                    raise ConversionError(
-                        str(src),
-                        f"pyarrow reads the header as {list(reader.schema.names)}, not "
-                        f"{list(header.names)}; the header row is malformed",
-                    )
-            else:
-                reader = _open_csv(
-                    _FileRange(src, stretch.start, stretch.end),
-                    choices,
-                    block_size=stretch.block_size,
-                    with_header=False,
-                )
-            with closing(reader):
-                while True:
-                    _check_cancel(src, cancel)
-                    try:
-                        batch = reader.read_next_batch()
-                    except StopIteration:
-                        break
-                    if relabel:
-                        columns = batch.columns
-                        for i in relabel:
-                            columns[i] = columns[i].cast(schema.field(i).type)
-                        batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-                    yield batch
-                    produced += batch.get_total_buffer_size()
-                    if limit is not None and produced >= limit:
-                        return
+    handoff: _Handoff[_Parsed] = _Handoff(PARSED_AHEAD)
+
+    def parse(chunk: _Chunk) -> pa.Table:
+        return _parse_chunk(chunk, choices, reading)
+
+    def produce() -> None:
+        try:
+            _produce(reading, parse, handoff)
+        except BaseException as exc:  # the file or the download failed: the caller raises it
+            handoff.put(_Parsed(None, error=exc))
+
+    def outcomes() -> Iterator[_Parsed]:
+        while (outcome := handoff.get()) is not _END:
+            yield outcome
+
+    thread = threading.Thread(target=produce, name=f"csv-read {reading.src.name}")
+    thread.start()
+    try:
+        yield outcomes()
+    finally:
+        handoff.close()
+        thread.join()
+
+
+def _produce(
+    reading: _Reading, parse: Callable[[_Chunk], pa.Table], handoff: _Handoff[_Parsed]
+) -> None:
+    """Cut chunks, parse them on the pool, hand the results over in order (reading thread)."""
+    chunks = _chunks(reading, reading.chunk_size, handoff.closed)
+    pool = ThreadPoolExecutor(
+        PARSE_THREADS, thread_name_prefix="csv-parse", initializer=_deprioritize
+    )
+    with closing(chunks), pool:
+        in_flight: deque[tuple[_Chunk, Future[pa.Table]]] = deque()
+        try:
+            # The next chunk is read while the pool parses the ones before it.
+            for chunk in chunks:
+                if len(in_flight) >= PARSE_THREADS and not _hand_over(in_flight, handoff):
+                    return
+                in_flight.append((chunk, pool.submit(parse, chunk)))
+            while in_flight:
+                if not _hand_over(in_flight, handoff):
+                    return
+        finally:
+            for _, future in in_flight:
+                future.cancel()
+    handoff.put(_END)
+
+
+def _deprioritize() -> None:
+    """Run the calling (parsing) thread PARSE_NICENESS lower, where threads have their own."""
+    if sys.platform != "linux":  # elsewhere the call would reprioritize the whole process
+        return
+    with suppress(OSError):
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness + PARSE_NICENESS)
+
+
+def _hand_over(
+    in_flight: deque[tuple[_Chunk, Future[pa.Table]]], handoff: _Handoff[_Parsed]
+) -> bool:
+    """Wait for the oldest parse and queue its outcome; False once the caller has stopped."""
+    chunk, future = in_flight.popleft()
+    try:
+        outcome = _Parsed(None, table=future.result(), chunk_bytes=chunk.data.size)
+    except Exception as exc:  # translated by the caller, with the chunk
+        outcome = _Parsed(chunk, error=exc)
+    return handoff.put(outcome) and outcome.error is None
+
+
+_END = _Parsed(None)
+
+
+class _Handoff(Generic[T]):
+    """A bounded queue from the reading thread to the writer; closing it stops the reader."""
+
+    def __init__(self, capacity: int) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[T] = deque()
+        self._capacity = capacity
+        self.closed = threading.Event()
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``, waiting for room; False (and dropped) once closed."""
+        with self._cond:
+            while len(self._items) >= self._capacity and not self.closed.is_set():
+                self._cond.wait()
+            if self.closed.is_set():
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> T:
+        """The next item, waiting for one (the reading thread always ends with one)."""
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        """Drop what is queued and refuse more: the writer has stopped."""
+        with self._cond:
+            self.closed.set()
+            self._items.clear()
+            self._cond.notify_all()
+
+
+def _chunks(
+    reading: _Reading, chunk_size: int, stop: threading.Event | None
+) -> Generator[_Chunk, None, None]:
+    """The CSV (header first) as chunks of ~``chunk_size`` bytes cut after whole records.
+
+    A record longer than a chunk makes its chunk grow (doubling) until it holds the record,
+    up to MAX_ROW_BYTES. Stops early, without an error, once ``stop`` is set.
+    """
+    src, growing = reading.src, reading.growing
+    with _reading(str(src)):
+        source: io.RawIOBase = (
+            open(src, "rb", buffering=0) if growing is None else growing.open()  # noqa: SIM115
+        )
+        with source:
+            carry: bytes | bytearray = b""  # the start of a record no chunk has held yet
+            carry_odd = False  # whether `carry` holds an odd number of quotes
+            offset = index = 0  # the file offset of carry[0], the next chunk's number
+            wanted = chunk_size
+            while True:
+                buffer = bytearray(len(carry) + wanted)
+                buffer[: len(carry)] = carry
+                filled = _fill(source, buffer, len(carry), stop)
+                if stop is not None and stop.is_set():
+                    return
+                if filled < len(buffer):  # the end of the file
+                    if filled:
+                        has_cr = buffer.find(b"\r", 0, filled) >= 0
+                        yield _Chunk(index, offset, pa.py_buffer(buffer)[:filled], has_cr)
+                    return
+                odd = carry_odd ^ (buffer.count(b'"', len(carry)) % 2 == 1)
+                cut = _last_record_end(buffer, len(carry), odd)
+                if cut is None:
+                    if len(buffer) > MAX_ROW_BYTES:
+                        raise ConversionError(
+                            str(src),
+                            f"a row of over {MAX_ROW_BYTES >> 20} MiB starts at byte offset "
+                            f"{offset}; rows over {MAX_ROW_BYTES >> 20} MiB are refused; select "
+                            "less text per row, e.g. substr(column, 1, 1000000)",
+                        )
+                    carry, carry_odd = buffer, odd
+                    wanted = len(buffer)  # double, so a long row is copied O(log n) times
+                    continue
+                has_cr = buffer.find(b"\r", 0, cut) >= 0
+                yield _Chunk(index, offset, pa.py_buffer(buffer)[:cut], has_cr)
+                # The cut sits at even parity, so the tail has the whole buffer's parity.
+                carry, carry_odd = bytes(memoryview(buffer)[cut:]), odd
+                offset += cut
+                index += 1
+                wanted = chunk_size
+
+
+def _fill(source: io.RawIOBase, buffer: bytearray, start: int, stop: threading.Event | None) -> int:
+    """Read into ``buffer[start:]`` until it is full or the file ends; return the bytes held."""
+    view = memoryview(buffer)
+    filled = start
+    with view:
+        while filled < len(view) and not (stop is not None and stop.is_set()):
+            got = source.readinto(view[filled:])
+            if not got:
+                break
+            filled += got
+    return filled
+
+
+def _last_record_end(data: bytearray, start: int, odd: bool) -> int | None:
+    """The index just past the last line feed outside quotes in ``data[start:]``, if any.
+
+    ``data[:start]`` holds no record end; ``odd`` says whether all of ``data`` holds an odd
+    number of quotes. Walks back from the end: a line feed with an odd number of quotes
+    before it is inside a quoted field, and so is every line feed back to the quote that
+    opened that field, so the walk jumps there. Each byte is looked at most twice.
+    """
+    end = len(data)
+    while True:
+        newline = data.rfind(b"\n", start, end)
+        if newline < 0:
+            return None
+        odd ^= data.count(b'"', newline, end) % 2 == 1  # now: the quotes before `newline`
+        if not odd:
+            return newline + 1
+        quote = data.rfind(b'"', start, newline)
+        if quote < 0:
+            return None
+        end, odd = quote, False  # one quote fewer than before `newline`: an even count
 
 
 def _choose_columns(
-    src: Path,
-    header: CsvHeader,
-    column_types: Mapping[str, str] | None,
-    sql: str | None,
-    *,
-    block_size: int,
-    layout: Sequence[_Stretch] | None,
-    cancel: threading.Event | None,
-    growing: GrowingFile | None = None,
+    reading: _Reading, column_types: Mapping[str, str] | None, sql: str | None
 ) -> tuple[ColumnChoice, ...]:
     """The column types, reading a sample of the file only if the job and SQL leave some open."""
+    header = reading.header
     sample = None
     if header.has_rows and needs_sample(header.names, column_types=column_types, sql=sql):
-        sample = _read_sample(src, header, block_size, layout, cancel, growing)
+        sample = _read_sample(reading)
     try:
         return choose_columns(header.names, column_types=column_types, sql=sql, sample=sample)
     except ValueError as exc:
-        raise ConversionError(str(src), str(exc)) from None
+        raise ConversionError(str(reading.src), str(exc)) from None
 
 
-def _read_sample(
-    src: Path,
-    header: CsvHeader,
-    block_size: int,
-    layout: Sequence[_Stretch] | None,
-    cancel: threading.Event | None,
-    growing: GrowingFile | None = None,
-) -> pa.Table:
+def _read_sample(reading: _Reading) -> pa.Table:
     """The first ~SAMPLE_BYTES of rows, every column as text, to infer the open types from."""
-    text = [ColumnChoice(name, pa.string(), "default") for name in header.names]
-    with closing(
-        _batches(src, header, text, block_size, layout, cancel, limit=SAMPLE_BYTES, growing=growing)
-    ) as batches:
+    text = [ColumnChoice(name, pa.string(), "default") for name in reading.header.names]
+    with closing(_batches(reading, text, limit=SAMPLE_BYTES)) as batches:
         return pa.Table.from_batches(list(batches), schema=_schema(text))
-
-
-class _FileRange(io.RawIOBase):
-    """Bytes ``[start, end)`` of a file as a stream (one stretch of a row layout)."""
-
-    def __init__(self, path: Path, start: int, end: int) -> None:
-        super().__init__()
-        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._file.seek(start)
-        self._left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self._left)
-        if wanted <= 0:
-            return 0
-        got = self._file.readinto(view[:wanted])
-        self._left -= got
-        return got
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-def _row_layout(src: Path, block_size: int, cancel: threading.Event | None) -> tuple[_Stretch, ...]:
-    """Split the data rows so rows longer than a block are read alone with a block that fits.
-
-    A rare path (a row over ``block_size``): one pass over the file's lines, tracking quote
-    parity to find where each row ends.
-    """
-    stretches: list[_Stretch] = []
-    offset = row_start = stretch_start = 0
-    in_quotes = False
-    header_done = False
-    with _reading(str(src)), open(src, "rb") as f:
-        for number, line in enumerate(f):
-            if number % 65536 == 0:
-                _check_cancel(src, cancel)
-            offset += len(line)
-            if line.count(b'"') % 2:
-                in_quotes = not in_quotes
-            if in_quotes:
-                continue
-            if not header_done:
-                header_done = True
-                stretch_start = offset
-            elif offset - row_start > block_size:
-                length = offset - row_start
-                if length > MAX_ROW_BYTES:
-                    raise ConversionError(
-                        str(src),
-                        f"a row of {length / 2**20:.0f} MiB starts at byte offset {row_start}; "
-                        f"rows over {MAX_ROW_BYTES >> 20} MiB are refused; select less text "
-                        "per row, e.g. substr(column, 1, 1000000)",
-                    )
-                if stretch_start < row_start:
-                    stretches.append(_Stretch(stretch_start, row_start, block_size))
-                fit = length + (1 << 20)
-                last = stretches[-1] if stretches else None
-                if last is not None and last.end == row_start and last.block_size > block_size:
-                    stretches[-1] = _Stretch(last.start, offset, max(last.block_size, fit))
-                else:
-                    stretches.append(_Stretch(row_start, offset, fit))
-                stretch_start = offset
-            row_start = offset
-    if stretch_start < offset:
-        stretches.append(_Stretch(stretch_start, offset, block_size))
-    return tuple(stretches)
 
 
 def _check_cancel(src: Path, cancel: threading.Event | None) -> None:
@@ -601,7 +781,7 @@ def _write_parquet(
                 for batch in batches:
                     pending.append(batch)
                     pending_rows += batch.num_rows
-                    pending_bytes += batch.get_total_buffer_size()
+                    pending_bytes += batch.nbytes
                     while pending_rows >= row_group_rows or pending_bytes >= row_group_bytes:
                         table = pa.Table.from_batches(pending, schema=schema)
                         cut = min(row_group_rows, table.num_rows)
@@ -612,7 +792,7 @@ def _write_parquet(
                         rest = table.slice(cut)
                         pending = rest.to_batches()
                         pending_rows = rest.num_rows
-                        pending_bytes = rest.get_total_buffer_size() if pending_rows else 0
+                        pending_bytes = rest.nbytes if pending_rows else 0
             except pa.ArrowInvalid as exc:
                 contradicted = _contradiction(exc, choices)
                 if contradicted is None:
@@ -639,6 +819,166 @@ def _write_parquet(
 # --- error translation -----------------------------------------------------------------------
 
 
+def _chunk_failure(
+    exc: BaseException,
+    reading: _Reading,
+    choices: Sequence[ColumnChoice],
+    chunk: _Chunk,
+    rows_before: int,
+) -> BaseException:
+    """What to raise for ``exc`` from parsing ``chunk`` (``rows_before`` data rows precede it).
+
+    A contradiction stays a ``pa.ArrowInvalid`` for the writer to widen; ours pass through.
+    """
+    where = str(reading.src)
+    if isinstance(exc, pa.ArrowInvalid):
+        if _contradiction(exc, choices) is None:
+            return _csv_failure(str(exc), reading, choices, chunk, rows_before)
+    elif isinstance(exc, pa.ArrowException | OSError):
+        return ConversionError(where, f"cannot read the CSV: {_shorten(str(exc))}")
+    return exc
+
+
+def _csv_failure(
+    message: str,
+    reading: _Reading,
+    choices: Sequence[ColumnChoice],
+    chunk: _Chunk,
+    rows_before: int,
+) -> ConversionError:
+    """The error to report for what pyarrow could not read in ``chunk``, located in the file."""
+    where = str(reading.src)
+    located = _Located(reading, chunk, rows_before, len(choices))
+    if _RAGGED.search(message):
+        ragged = located.ragged_row()
+        return ConversionError(where, f"{ragged or _shorten(message)}; {REFETCH}")
+    match = _COLUMN_ERROR.match(message)
+    column = None
+    if match is not None and int(match.group(1)) < len(choices):
+        index = int(match.group(1))
+        choice = choices[index]
+        column = choice.name
+        detail = _shorten(match.group(2))
+        if "UTF8" not in detail:
+            row = located.value_row(choices, index, match.group(2))
+            at = f" in {row}" if row else ""
+            if choice.source == "job":
+                return ConversionError(
+                    where,
+                    f"column {column!r} is typed {choice.type} by the job's column_types, "
+                    f"but a value{at} does not fit: {detail}; change or remove {column!r} in "
+                    "[job.types]",
+                )
+            return ConversionError(where, f"column {column!r}{at}: {detail}")
+    if "UTF8" in message:
+        return ConversionError(where, f"{located.bad_utf8(column)}; {REFETCH}")
+    return ConversionError(where, f"not valid CSV: {_shorten(message)}; {REFETCH}")
+
+
+class _Located:
+    """Finds where a failing chunk's bad record is in the file (failure path only).
+
+    Only the chunk is scanned, so a bad row 1 GB in is located as quickly as one at the top;
+    the line number at the chunk's start is counted from the file once, when first needed.
+    """
+
+    def __init__(self, reading: _Reading, chunk: _Chunk, rows_before: int, columns: int) -> None:
+        self._reading = reading
+        self._chunk = chunk
+        self._rows_before = rows_before
+        self._columns = columns
+        self._first_line: int | None = None
+
+    def ragged_row(self) -> str | None:
+        """Name the first record whose field count differs from the header's.
+
+        None if Python's csv module cannot find it (it parses a few malformed inputs
+        differently from pyarrow); the caller then reports pyarrow's own message.
+        """
+        try:
+            for row, line, record in self._records():
+                if len(record) != self._columns:
+                    snippet = _shorten(",".join(record)[: _MAX_SHOWN // 2])
+                    return (
+                        f"data row {row} (ending on line {line}) has {len(record)} fields, "
+                        f"expected {self._columns} like the header: {snippet!r}"
+                    )
+        except csv.Error:
+            return None
+        return None
+
+    def value_row(self, choices: Sequence[ColumnChoice], index: int, detail: str) -> str | None:
+        """'data row N (ending on line L)' holding the first value pyarrow could not convert."""
+        invalid = _INVALID_VALUE.search(detail.strip())
+        if invalid is None:
+            return None
+        text = [ColumnChoice(c.name, pa.string(), "default") for c in choices]
+        try:
+            values = _read_chunk(self._chunk, text, None).column(index)
+            position = pc.index(values, invalid.group(1)).as_py()
+        except (pa.ArrowException, ValueError):
+            return None
+        if position is None or position < 0:
+            return None
+        try:
+            for row, line, _ in self._records():
+                if row == self._rows_before + position + 1:
+                    return f"data row {row} (ending on line {line})"
+        except csv.Error:
+            pass
+        return f"data row {self._rows_before + position + 1}"
+
+    def bad_utf8(self, column: str | None) -> str:
+        """Say where the first byte that is not UTF-8 sits."""
+        in_column = f" in column {column!r}" if column else ""
+        data = self._chunk.data.to_pybytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            offset = self._chunk.offset + exc.start
+            line = self._line_at_start() + data.count(b"\n", 0, exc.start)
+            return (
+                f"invalid UTF-8{in_column} at byte offset {offset} (line {line}); "
+                "Sigma results must be UTF-8"
+            )
+        return f"invalid UTF-8{in_column}; Sigma results must be UTF-8"
+
+    def _records(self) -> Iterator[tuple[int, int, list[str]]]:
+        """(data row, line it ends on, fields) of each record of the chunk, as the file counts.
+
+        A blank line is skipped like the reader skips it, or is one NULL if there is one column.
+        """
+        # Fields may be as long as a row may be (the module's default stops at 128 KiB).
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
+        encoding = "utf-8-sig" if self._chunk.index == 0 else "utf-8"  # drop a leading BOM
+        text = self._chunk.data.to_pybytes().decode(encoding, errors="replace")
+        records = csv.reader(io.StringIO(text, newline=""))
+        if self._chunk.index == 0:
+            next(records, None)  # the header
+        first_line = self._line_at_start()
+        row = self._rows_before
+        for record in records:
+            if not record:
+                if self._columns > 1:
+                    continue
+                record = [""]
+            row += 1
+            yield row, first_line - 1 + records.line_num, record
+
+    def _line_at_start(self) -> int:
+        """The line number the chunk starts on: 1 + the line feeds before it in the file."""
+        if self._first_line is None:
+            src, left = self._reading.src, self._chunk.offset
+            line = 1
+            with _reading(str(src)), open(src, "rb") as f:
+                while left > 0 and (piece := f.read(min(left, 1 << 20))):
+                    _check_cancel(src, self._reading.cancel)
+                    line += piece.count(b"\n")
+                    left -= len(piece)
+            self._first_line = line
+        return self._first_line
+
+
 def _contradiction(exc: pa.ArrowInvalid, choices: Sequence[ColumnChoice]) -> _Contradicted | None:
     """A value that does not parse as a type we chose (not one the job gave): widen it."""
     match = _COLUMN_ERROR.match(str(exc))
@@ -649,55 +989,6 @@ def _contradiction(exc: pa.ArrowInvalid, choices: Sequence[ColumnChoice]) -> _Co
     if choice.source == "job" or pa.types.is_string(choice.type) or "UTF8" in detail:
         return None
     return _Contradicted(column=choice.name, detail=detail)
-
-
-@contextmanager
-def _csv_errors(
-    src: Path, choices: Sequence[ColumnChoice], cancel: threading.Event | None
-) -> Iterator[None]:
-    """Translate what reading the CSV raises, keeping contradictions for the writer to see."""
-    where = str(src)
-    try:
-        yield
-    except (ConversionError, OutputError):
-        raise
-    except pa.ArrowInvalid as exc:
-        message = str(exc)
-        if _contradiction(exc, choices) is not None:
-            raise
-        if _STRADDLING in message:
-            raise _RowTooLong from None
-        raise _csv_failure(message, src, choices, cancel) from None
-    except (pa.ArrowException, OSError) as exc:
-        raise ConversionError(where, f"cannot read the CSV: {_shorten(str(exc))}") from None
-
-
-def _csv_failure(
-    message: str, src: Path, choices: Sequence[ColumnChoice], cancel: threading.Event | None
-) -> ConversionError:
-    """The error to report for what pyarrow could not read, located where possible."""
-    where = str(src)
-    if _RAGGED.search(message):
-        located = _ragged_message(src, len(choices), cancel)
-        return ConversionError(where, f"{located or _shorten(message)}; {REFETCH}")
-    match = _COLUMN_ERROR.match(message)
-    column = None
-    if match is not None and int(match.group(1)) < len(choices):
-        choice = choices[int(match.group(1))]
-        column = choice.name
-        detail = _shorten(match.group(2))
-        if "UTF8" not in detail:
-            if choice.source == "job":
-                return ConversionError(
-                    where,
-                    f"column {column!r} is typed {choice.type} by the job's column_types, "
-                    f"but a value does not fit: {detail}; change or remove {column!r} in "
-                    "[job.types]",
-                )
-            return ConversionError(where, f"column {column!r}: {detail}")
-    if "UTF8" in message:
-        return ConversionError(where, f"{_bad_utf8_message(src, cancel, column=column)}; {REFETCH}")
-    return ConversionError(where, f"not valid CSV: {_shorten(message)}; {REFETCH}")
 
 
 @contextmanager
@@ -724,70 +1015,3 @@ def _writing(where: str) -> Iterator[None]:
 def _shorten(text: str) -> str:
     text = text.strip()
     return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "…"
-
-
-def _ragged_message(src: Path, expected: int, cancel: threading.Event | None) -> str | None:
-    """Find the first record whose field count differs from the header's (failure path only).
-
-    Returns None if Python's csv module cannot find it (it parses a few malformed inputs
-    differently from pyarrow); the caller then reports pyarrow's own message.
-    """
-    # Fields may be as long as a row may be (the module's default stops at 128 KiB).
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
-    with _reading(str(src)), open(src, encoding="utf-8-sig", errors="replace", newline="") as f:
-        records = csv.reader(f)
-        data_row = 0
-        try:
-            next(records, None)
-            for record in records:
-                if not record:  # a blank line: skipped by the reader, or one NULL if one column
-                    if expected > 1:
-                        continue
-                    record = [""]
-                data_row += 1
-                if data_row % 65536 == 0:
-                    _check_cancel(src, cancel)
-                if len(record) != expected:
-                    snippet = _shorten(",".join(record)[: _MAX_SHOWN // 2])
-                    return (
-                        f"data row {data_row} (ending on line {records.line_num}) has "
-                        f"{len(record)} fields, expected {expected} like the header: {snippet!r}"
-                    )
-        except csv.Error:
-            return None
-    return None
-
-
-def _bad_utf8_message(src: Path, cancel: threading.Event | None, *, column: str | None) -> str:
-    """Say where the first byte that is not UTF-8 sits (failure path only)."""
-    in_column = f" in column {column!r}" if column else ""
-    found = _first_bad_utf8(src, cancel)
-    if found is None:
-        return f"invalid UTF-8{in_column}; Sigma results must be UTF-8"
-    offset, line = found
-    return (
-        f"invalid UTF-8{in_column} at byte offset {offset} (line {line}); "
-        "Sigma results must be UTF-8"
-    )
-
-
-def _first_bad_utf8(src: Path, cancel: threading.Event | None) -> tuple[int, int] | None:
-    carry = b""
-    base = 0  # file offset of carry[0]
-    line = 1
-    with open(src, "rb") as f:
-        while chunk := f.read(1 << 20):
-            _check_cancel(src, cancel)
-            data = carry + chunk
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if exc.reason != "unexpected end of data" or exc.end != len(data):
-                    return base + exc.start, line + data.count(b"\n", 0, exc.start)
-                good = exc.start  # a sequence cut by the chunk boundary: finish it next round
-            else:
-                good = len(data)
-            line += data.count(b"\n", 0, good)
-            base += good
-            carry = data[good:]
-    return (base, line) if carry else None

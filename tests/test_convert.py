@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
+import sys
 import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +22,8 @@ from batchrunner import convert
 from batchrunner.coltypes import arrow_type, sigma_column_types
 from batchrunner.convert import ConvertResult, convert_csv_to_parquet, read_header
 from batchrunner.emulator.warehouse import Warehouse
-from batchrunner.errors import ConversionError, OutputError
+from batchrunner.errors import ConversionError, DownloadError, OutputError
+from batchrunner.growing import GrowingFile
 
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -515,3 +519,313 @@ def test_emulator_results_land_with_sigma_types(
         if name in hints:
             assert table.schema.field(name).type == arrow_type(hints[name]), name
     assert result.widened == ()
+
+
+# --- chunked, parallel parsing -------------------------------------------------------------------
+
+# What every conversion must equal, whatever the chunk size: one pyarrow read of the whole file
+# with the reading rules (the streaming reader the converter used before chunks, same options).
+_REFERENCE_CONVERT = {
+    "null_values": [""],
+    "strings_can_be_null": True,
+    "quoted_strings_can_be_null": False,
+    "true_values": ["true"],
+    "false_values": ["false"],
+}
+
+
+def reference_table(src: Path, schema: pa.Schema) -> pa.Table:
+    """The whole file read at once by pyarrow's own reader with the reading rules."""
+    naive = {
+        f.name: pa.timestamp(f.type.unit) if pa.types.is_timestamp(f.type) else f.type
+        for f in schema
+    }
+    table = pacsv.read_csv(
+        src,
+        parse_options=pacsv.ParseOptions(
+            newlines_in_values=True, ignore_empty_lines=len(schema) > 1
+        ),
+        convert_options=pacsv.ConvertOptions(column_types=naive, **_REFERENCE_CONVERT),
+    )
+    return table.cast(schema)
+
+
+def converter_threads() -> list[str]:
+    """Names of the converter's reading and parsing threads still alive."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(("csv-read", "csv-parse"))]
+
+
+def tricky_rows(count: int, *, seed: int = 7) -> list[list[Any]]:
+    """Rows whose text fields hold line breaks, commas, doubled quotes, CRLF and empties."""
+    pieces = ["a", "\n", '"', ",", "\r\n", "é", "x" * 30, '""', " "]
+    rnd = random.Random(seed)
+    rows: list[list[Any]] = []
+    for i in range(count):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randrange(0, 8)))
+        rows.append([i, text if i % 5 else None, rnd.choice(["true", "false", None]), i * 7])
+    return rows
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 64, 1000, 1 << 20])
+def test_chunk_boundaries_anywhere_in_quoted_fields(tmp_path: Path, chunk_size: int) -> None:
+    """Chunks cut anywhere (inside quotes, doubled quotes, CRLF) give the reference table."""
+    src = write_csv(tmp_path / "in.csv", tricky_rows(400), header=["i", "text", "flag", "n"])
+    dest = tmp_path / "out.parquet"
+    result = convert_csv_to_parquet(src, dest, chunk_size=chunk_size, block_size=256)
+    table = pq.read_table(dest)
+    assert table.schema.types == [pa.int64(), pa.string(), pa.bool_(), pa.int64()]
+    assert table.equals(reference_table(src, table.schema))
+    assert table.column("i").to_pylist() == list(range(400))
+    assert result.rows == 400
+    assert converter_threads() == []
+
+
+def test_random_csv_equals_the_whole_file_read(tmp_path: Path) -> None:
+    """Random Sigma-shaped CSVs convert to the reference table at several chunk sizes."""
+    rnd = random.Random(11)
+    for attempt in range(5):
+        rows = tricky_rows(rnd.randrange(1, 300), seed=attempt)
+        src = write_csv(tmp_path / f"in{attempt}.csv", rows, header=["i", "text", "flag", "n"])
+        for chunk_size in (rnd.randrange(1, 50), rnd.randrange(50, 2000)):
+            dest = tmp_path / f"out{attempt}-{chunk_size}.parquet"
+            convert_csv_to_parquet(src, dest, chunk_size=chunk_size, row_group_rows=37)
+            table = pq.read_table(dest)
+            assert table.equals(reference_table(src, table.schema)), (attempt, chunk_size)
+
+
+def test_emulator_result_is_the_same_at_any_chunk_size(
+    tmp_path: Path, emulator_warehouse: Warehouse
+) -> None:
+    """A realistic result converts to the same rows, schema and values in small or large chunks."""
+    sql = "select * from balance_transactions"
+    src = tmp_path / "result.csv"
+    emulator_warehouse.execute_to_csv(sql, src)
+    tables = []
+    for chunk_size in (1000, 16 << 10, convert.DEFAULT_CHUNK_SIZE):
+        dest = tmp_path / f"out-{chunk_size}.parquet"
+        result = convert_csv_to_parquet(src, dest, sql=sql, chunk_size=chunk_size)
+        assert result.widened == ()
+        tables.append(pq.read_table(dest))
+    assert src.stat().st_size > 10 * (16 << 10)  # many chunks at the smaller sizes
+    assert tables[0].equals(tables[1])
+    assert tables[1].equals(tables[2])
+    assert tables[2].equals(reference_table(src, tables[2].schema))
+
+
+def test_rows_longer_than_a_chunk_keep_their_place(tmp_path: Path) -> None:
+    """A row many chunks long grows its chunk, is read whole, and stays in order."""
+    rows: list[list[Any]] = [[i, f"v{i}"] for i in range(200)]
+    rows[0][1] = 'first "long" row\n' * 400
+    rows[50][1] = "y" * 30_000
+    rows[199][1] = "last,\n" * 3000
+    src = write_csv(tmp_path / "in.csv", rows, header=["i", "v"])
+    dest = tmp_path / "out.parquet"
+    result = convert_csv_to_parquet(src, dest, chunk_size=100, block_size=64)
+    table = pq.read_table(dest)
+    assert table.column("v").to_pylist() == [row[1] for row in rows]
+    assert result.rows == 200
+
+
+def test_a_row_over_the_limit_is_refused_with_its_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row longer than MAX_ROW_BYTES is refused, naming the byte offset where it starts."""
+    monkeypatch.setattr(convert, "MAX_ROW_BYTES", 10_000)
+    rows: list[list[Any]] = [[i, "short"] for i in range(100)] + [[100, "z" * 50_000]]
+    src = write_csv(tmp_path / "in.csv", rows, header=["i", "v"])
+    start = src.read_bytes().index(b"100,zzz")
+    message = fail_file(src, tmp_path, chunk_size=1000)
+    assert f"starts at byte offset {start}" in message
+    assert "substr" in message
+    assert converter_threads() == []
+
+
+def fail_file(src: Path, tmp_path: Path, **kwargs: Any) -> str:
+    """Convert ``src`` expecting a ConversionError; return its message."""
+    with pytest.raises(ConversionError) as info:
+        convert_csv_to_parquet(src, tmp_path / "out.parquet", **kwargs)
+    return str(info.value)
+
+
+def multiline_rows(count: int) -> tuple[list[list[Any]], list[int]]:
+    """Rows of 1-3 lines each, and the line each data row ends on (the header is line 1)."""
+    rows: list[list[Any]] = []
+    ends: list[int] = []
+    line = 1
+    for i in range(count):
+        text = "\n".join(["part"] * (i % 3 + 1))
+        rows.append([i, text, i])
+        line += i % 3 + 1
+        ends.append(line)
+    return rows, ends
+
+
+def test_ragged_row_in_a_late_chunk_names_its_row_and_line(tmp_path: Path) -> None:
+    """A ragged row far into the file is located by data row and line, counted from the top."""
+    rows, ends = multiline_rows(2000)
+    rows[1500] = [1500, "part", 1500, "extra"]
+    ends[1500] = ends[1499] + 1
+    src = write_csv(tmp_path / "in.csv", rows, header=["i", "text", "n"])
+    message = fail_file(src, tmp_path, chunk_size=512, column_types={"i": "bigint"})
+    assert "data row 1501 " in message
+    assert f"(ending on line {ends[1500]})" in message
+    assert "4 fields, expected 3" in message
+    assert converter_threads() == []
+
+
+def test_bad_value_in_a_late_chunk_names_its_row_and_line(tmp_path: Path) -> None:
+    """A value that does not fit the job's type is reported with its data row and line."""
+    rows, ends = multiline_rows(3000)
+    rows[2222][2] = "12x"
+    src = write_csv(tmp_path / "in.csv", rows, header=["i", "text", "n"])
+    message = fail_file(src, tmp_path, chunk_size=1024, column_types={"n": "bigint"})
+    assert "column 'n' is typed int64 by the job's column_types" in message
+    assert f"data row 2223 (ending on line {ends[2222]})" in message
+    assert "'12x'" in message
+
+
+def test_bad_utf8_in_a_late_chunk_names_its_byte_offset_and_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 deep in the file are located by absolute offset and line."""
+    rows, ends = multiline_rows(1000)
+    body = bytearray(write_csv(tmp_path / "in.csv", rows, header=["i", "text", "n"]).read_bytes())
+    bad = body.index(b"\n900,") + 1  # the first byte of data row 901
+    body[bad + 5] = 0xFF  # inside its quoted text, after the opening quote
+    src = tmp_path / "in.csv"
+    src.write_bytes(bytes(body))
+    message = fail_file(src, tmp_path, chunk_size=777)
+    assert "invalid UTF-8 in column 'text'" in message
+    assert f"byte offset {bad + 5}" in message
+    assert f"(line {ends[899] + 1})" in message
+
+
+def test_widening_in_a_late_chunk_rereads_and_stops_the_threads(
+    tmp_path: Path, small_sample: None
+) -> None:
+    """A contradiction found chunks in stops the parsing threads and the re-read is complete."""
+    rows = [[i, i] for i in range(20_000)] + [[20_000, "n/a"]]
+    src = write_csv(tmp_path / "in.csv", rows, header=["i", "n"])
+    dest = tmp_path / "out.parquet"
+    result = convert_csv_to_parquet(src, dest, chunk_size=4096)
+    table = pq.read_table(dest)
+    assert result.widened == ("n",)
+    assert table.column("n").to_pylist()[-2:] == ["19999", "n/a"]
+    assert table.num_rows == 20_001
+    assert converter_threads() == []
+
+
+def test_cancel_with_many_chunks_in_flight_stops_every_thread(tmp_path: Path) -> None:
+    """Cancelling while chunks are parsed ahead raises and leaves no converter thread behind."""
+    src = write_csv(tmp_path / "in.csv", [[i, "x"] for i in range(50_000)], header=["a", "b"])
+    cancel = CancelAfter(checks=20)
+    with pytest.raises(ConversionError, match="cancelled"):
+        convert_csv_to_parquet(
+            src,
+            tmp_path / "out.parquet",
+            chunk_size=2048,
+            block_size=1024,
+            column_types={"a": "bigint", "b": "varchar"},
+            cancel=cancel,
+        )
+    assert cancel.looks == cancel.checks + 1
+    assert converter_threads() == []
+
+
+def feed(path: Path, growing: GrowingFile, data: bytes, pieces: int) -> None:
+    """Append ``data`` to ``path`` in ``pieces`` writes, telling ``growing`` after each."""
+    size = -(-len(data) // pieces)
+    with path.open("ab", buffering=0) as out:
+        for start in range(0, len(data), size):
+            written = out.write(data[start : start + size])
+            growing.grew(written or 0)
+
+
+def test_growing_file_is_converted_while_it_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``growing``, chunks wait for the download's bytes and the result is complete."""
+    monkeypatch.setattr(convert, "HEADER_LIMIT", 64)  # start reading after the first bytes
+    rows = tricky_rows(3000)
+    whole = write_csv(tmp_path / "whole.csv", rows, header=["i", "text", "flag", "n"])
+    data = whole.read_bytes()
+    src = tmp_path / "in.csv"
+    growing = GrowingFile(src)
+    feed(src, growing, data[:100], 1)
+    box: dict[str, Any] = {}
+
+    def convert_it() -> None:
+        box["result"] = convert_csv_to_parquet(
+            src, tmp_path / "out.parquet", chunk_size=5000, growing=growing
+        )
+
+    thread = threading.Thread(target=convert_it)
+    thread.start()
+    feed(src, growing, data[100:], 97)
+    growing.finish()
+    thread.join()
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert box["result"].rows == 3000
+    assert box["result"].csv_bytes == len(data)
+    assert table.equals(reference_table(whole, table.schema))
+
+
+def test_failed_download_fails_the_conversion_and_stops_its_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download that fails part-way makes the conversion raise DownloadError, threads joined."""
+    monkeypatch.setattr(convert, "HEADER_LIMIT", 64)
+    data = write_csv(tmp_path / "whole.csv", tricky_rows(3000), header=["i", "t", "f", "n"])
+    src = tmp_path / "in.csv"
+    growing = GrowingFile(src)
+    feed(src, growing, data.read_bytes()[:20_000], 10)
+    box: dict[str, BaseException] = {}
+
+    def convert_it() -> None:
+        try:
+            convert_csv_to_parquet(src, tmp_path / "out.parquet", chunk_size=4096, growing=growing)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=convert_it)
+    thread.start()
+    growing.fail("connection reset")
+    thread.join()
+    assert isinstance(box["error"], DownloadError)
+    assert "connection reset" in str(box["error"])
+    assert converter_threads() == []
+
+
+def test_handoff_close_releases_a_waiting_producer() -> None:
+    """Closing the handoff makes a put waiting for room return False instead of blocking."""
+    handoff: convert._Handoff[int] = convert._Handoff(1)
+    assert handoff.put(1)
+    outcome: list[bool] = []
+    producer = threading.Thread(target=lambda: outcome.append(handoff.put(2)))
+    producer.start()
+    handoff.close()
+    producer.join()
+    assert outcome == [False]
+    assert not handoff.put(3)
+
+
+@pytest.mark.parametrize("block_size", range(1, 16))
+def test_crlf_inside_quotes_survives_any_block_boundary(tmp_path: Path, block_size: int) -> None:
+    """A quoted CRLF keeps its LF wherever a read block ends (apache/arrow#51368)."""
+    _, table = run(tmp_path, 'a,b\n1,"x\r\ny"\n2,"c\r\n\r\nd"\r\n3,e\n', block_size=block_size)
+    assert table.column("b").to_pylist() == ["x\r\ny", "c\r\n\r\nd", "e"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+def test_parsing_threads_run_at_lower_priority() -> None:
+    """A parsing thread lowers its own priority, leaving the caller's thread untouched."""
+    seen: list[int] = []
+
+    def parse_thread() -> None:
+        convert._deprioritize()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=parse_thread)
+    thread.start()
+    thread.join()
+    assert seen == [min(mine + convert.PARSE_NICENESS, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
