@@ -1,8 +1,9 @@
 """CSV → Parquet: convert one Sigma result CSV into a typed, zstd-compressed Parquet file.
 
-The CSV is cut into chunks of ``chunk_size`` bytes at record boundaries; a reading thread
-feeds them to ``PARSE_THREADS`` parsing threads (``pyarrow.csv.read_csv``, every column pinned
-to a type chosen by :mod:`batchrunner.coltypes`), and the caller's thread writes the parsed
+The CSV is cut into chunks of ``chunk_size`` bytes at record boundaries and a reading thread
+feeds them to parsing threads (both by :mod:`batchrunner.csvchunks`); each chunk is parsed
+with ``pyarrow.csv.read_csv``, every column pinned to a type chosen by
+:mod:`batchrunner.coltypes`, and the caller's thread writes the parsed
 chunks, in file order, as row groups of ``row_group_rows`` rows (or ``row_group_bytes``) with
 ``pq.ParquetWriter`` to a file this module opens, flushes and fsyncs. The engine renames it
 into place. Memory is bounded by the chunks in flight, never by the file's size.
@@ -24,10 +25,7 @@ Reading rules (Sigma's CSV: UTF-8, optional BOM, RFC 4180 quoting, NULL as an em
   ``timestamp[ms]`` and relabelled ``timestamp[ms, tz=UTC]`` (a zero-copy cast). Reading them
   as text and casting measured ~20% slower overall, and the reader refuses zone-less text for
   a zoned type outright.
-* a record ends at a line feed preceded by an even number of ``"`` bytes (a doubled quote adds
-  two): that is where chunks are cut. It holds for RFC 4180, where a field holding a quote is
-  quoted; a bare quote inside an unquoted field (``5" screen``), which Sigma never writes,
-  would make pyarrow and the cut disagree. Line breaks are LF or CRLF (a bare CR is not a cut).
+* chunks are cut after a line feed outside quotes (RFC 4180; see :mod:`batchrunner.csvchunks`).
 
 Two rare cases cost more than one read:
 
@@ -56,16 +54,12 @@ import io
 import logging
 import os
 import re
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -80,6 +74,7 @@ from batchrunner.coltypes import (
     needs_sample,
     widen,
 )
+from batchrunner.csvchunks import Chunk, Parsed, cut_chunks, parse_ahead
 from batchrunner.errors import ConversionError, OutputError
 from batchrunner.growing import GrowingFile
 from batchrunner.outputs import output_error
@@ -98,8 +93,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Bytes of CSV parsed as one unit. Converting the 1.1 GB CSV alone, peak RSS: 8 MiB ~390 MB;
 #: 16 MiB no faster, ~+100 MB; 4 MiB (with 6 queued) ~5% slower for ~-20 MB.
 DEFAULT_CHUNK_SIZE = 8 << 20
@@ -107,18 +100,6 @@ DEFAULT_CHUNK_SIZE = 8 << 20
 #: rows of about this many CSV bytes. 1 MiB blocks and one block per chunk parsed equally
 #: fast, but one 8 MiB block held ~40 MB more RSS in the runner (431 against 383 MB).
 DEFAULT_BLOCK_SIZE = 1 << 20
-#: Parsing threads. Parsing and reading take ~45% of a conversion's CPU, Parquet encoding
-#: (one thread: the writer, which nothing can split) ~55%: the writer is the bottleneck, and
-#: two parsers keep up with it even for results that are costlier to parse than to encode.
-PARSE_THREADS = 2
-#: How much lower (Linux nice) the parsing threads run, so that they never take the writer's
-#: core, nor the event loop's while it downloads: they only need what is left, and parsed
-#: chunks wait for the writer anyway. Measured in the runner on the 1.1 GB CSV, medians of
-#: three: 5.9 s with, 6.4 s without (0.85 and 0.93 × the bare streaming conversion).
-PARSE_NICENESS = 10
-#: Parsed chunks waiting for the writer, which takes a row group (~250k rows, ~6 chunks) at a
-#: time: with 2 it waited for the parsers ~1 s per GB; each one more holds ~9 MB.
-PARSED_AHEAD = 4
 #: Rows per row group: ~55 MB of Arrow data for a 17-column balance-transactions result,
 #: large enough for efficient scans, small enough to buffer.
 DEFAULT_ROW_GROUP_ROWS = 250_000
@@ -163,34 +144,6 @@ class CsvHeader:
 
     names: tuple[str, ...]
     has_rows: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    """Whole records of the CSV: ``data`` starts at byte ``offset``; chunk 0 holds the header.
-
-    ``has_cr``: whether it holds a CR byte, so that it must be parsed as one block.
-    """
-
-    index: int
-    offset: int
-    data: pa.Buffer
-    has_cr: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    """One chunk's outcome, in file order: its table or the error parsing it raised.
-
-    A failed chunk is kept to locate the error in; a parsed one is not (its bytes would stay
-    in memory while its table waits for the writer). An error without a chunk is one of the
-    reading itself (the file, the download).
-    """
-
-    chunk: _Chunk | None
-    table: pa.Table | None = None
-    error: BaseException | None = None
-    chunk_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,7 +372,7 @@ def _batches(
 ) -> Generator[pa.RecordBatch, None, None]:
     """The data rows as batches of the final schema, in file order.
 
-    Without ``limit``, chunks are parsed ahead on ``PARSE_THREADS`` threads; with it (the
+    Without ``limit``, chunks are parsed ahead on the parsing threads; with it (the
     sample), chunks of at most SAMPLE_BYTES are parsed here until ``limit`` Arrow bytes.
     Raises ``pa.ArrowInvalid`` for a value that contradicts a widenable column type (see
     :func:`_contradiction`) and :class:`ConversionError` for everything else.
@@ -428,7 +381,7 @@ def _batches(
     produced = rows_before = 0
     _check_cancel(src, cancel)
     if limit is None:
-        parsed: AbstractContextManager[Iterator[_Parsed]] = _parsed_ahead(reading, choices)
+        parsed: AbstractContextManager[Iterator[Parsed]] = _parsed_ahead(reading, choices)
     else:
         chunk_size = min(reading.chunk_size, SAMPLE_BYTES)
         parsed = closing(_parsed_here(reading, choices, chunk_size))
@@ -450,7 +403,7 @@ def _batches(
             rows_before += table.num_rows
 
 
-def _parse_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], reading: _Reading) -> pa.Table:
+def _parse_chunk(chunk: Chunk, choices: Sequence[ColumnChoice], reading: _Reading) -> pa.Table:
     """Parse one chunk into a table of the final schema (in a parsing thread)."""
     schema = _schema(choices)
     try:
@@ -472,7 +425,7 @@ def _parse_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], reading: _Readi
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _read_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], block_size: int | None) -> pa.Table:
+def _read_chunk(chunk: Chunk, choices: Sequence[ColumnChoice], block_size: int | None) -> pa.Table:
     """Parse a chunk in blocks of ``block_size``, or as one block (None, or a CR inside).
 
     One block when there is a CR: see the module's note on apache/arrow#51368.
@@ -506,224 +459,40 @@ def _read_chunk(chunk: _Chunk, choices: Sequence[ColumnChoice], block_size: int 
 
 def _parsed_here(
     reading: _Reading, choices: Sequence[ColumnChoice], chunk_size: int
-) -> Generator[_Parsed, None, None]:
+) -> Generator[Parsed, None, None]:
     """Read and parse chunk after chunk in this thread (the sample: a few MB, no read-ahead)."""
     with closing(_chunks(reading, chunk_size, None)) as chunks:
         for chunk in chunks:
             try:
                 table = _parse_chunk(chunk, choices, reading)
             except Exception as exc:  # translated by the caller, with the chunk
-                yield _Parsed(chunk, error=exc)
+                yield Parsed(chunk, error=exc)
                 return
-            yield _Parsed(None, table=table, chunk_bytes=chunk.data.size)
+            yield Parsed(None, table=table, chunk_bytes=chunk.data.size)
 
 
-@contextmanager
 def _parsed_ahead(
     reading: _Reading, choices: Sequence[ColumnChoice]
-) -> Iterator[Iterator[_Parsed]]:
-    """The parsed chunks in file order, parsed ahead of the caller by a reading thread.
-
-    The reading thread cuts chunks and hands each to a pool of PARSE_THREADS, keeping at most
-    that many parses in flight and PARSED_AHEAD results queued: memory is bounded, whatever
-    the file's size. Leaving the block stops the threads and joins them; a thread waiting for
-    a growing file's next bytes notices at the next bytes or at the download's end.
-    """
-    handoff: _Handoff[_Parsed] = _Handoff(PARSED_AHEAD)
-
-    def parse(chunk: _Chunk) -> pa.Table:
-        return _parse_chunk(chunk, choices, reading)
-
-    def produce() -> None:
-        try:
-            _produce(reading, parse, handoff)
-        except BaseException as exc:  # the file or the download failed: the caller raises it
-            handoff.put(_Parsed(None, error=exc))
-
-    def outcomes() -> Iterator[_Parsed]:
-        while (outcome := handoff.get()) is not _END:
-            yield outcome
-
-    thread = threading.Thread(target=produce, name=f"csv-read {reading.src.name}")
-    thread.start()
-    try:
-        yield outcomes()
-    finally:
-        handoff.close()
-        thread.join()
-
-
-def _produce(
-    reading: _Reading, parse: Callable[[_Chunk], pa.Table], handoff: _Handoff[_Parsed]
-) -> None:
-    """Cut chunks, parse them on the pool, hand the results over in order (reading thread)."""
-    chunks = _chunks(reading, reading.chunk_size, handoff.closed)
-    pool = ThreadPoolExecutor(
-        PARSE_THREADS, thread_name_prefix="csv-parse", initializer=_deprioritize
+) -> AbstractContextManager[Iterator[Parsed]]:
+    """The parsed chunks in file order, parsed ahead on the parsing threads."""
+    return parse_ahead(
+        lambda stop: _chunks(reading, reading.chunk_size, stop),
+        lambda chunk: _parse_chunk(chunk, choices, reading),
+        name=f"csv-read {reading.src.name}",
     )
-    with closing(chunks), pool:
-        in_flight: deque[tuple[_Chunk, Future[pa.Table]]] = deque()
-        try:
-            # The next chunk is read while the pool parses the ones before it.
-            for chunk in chunks:
-                if len(in_flight) >= PARSE_THREADS and not _hand_over(in_flight, handoff):
-                    return
-                in_flight.append((chunk, pool.submit(parse, chunk)))
-            while in_flight:
-                if not _hand_over(in_flight, handoff):
-                    return
-        finally:
-            for _, future in in_flight:
-                future.cancel()
-    handoff.put(_END)
-
-
-def _deprioritize() -> None:
-    """Run the calling (parsing) thread PARSE_NICENESS lower, where threads have their own."""
-    if sys.platform != "linux":  # elsewhere the call would reprioritize the whole process
-        return
-    with suppress(OSError):
-        thread = threading.get_native_id()
-        niceness = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, niceness + PARSE_NICENESS)
-
-
-def _hand_over(
-    in_flight: deque[tuple[_Chunk, Future[pa.Table]]], handoff: _Handoff[_Parsed]
-) -> bool:
-    """Wait for the oldest parse and queue its outcome; False once the caller has stopped."""
-    chunk, future = in_flight.popleft()
-    try:
-        outcome = _Parsed(None, table=future.result(), chunk_bytes=chunk.data.size)
-    except Exception as exc:  # translated by the caller, with the chunk
-        outcome = _Parsed(chunk, error=exc)
-    return handoff.put(outcome) and outcome.error is None
-
-
-_END = _Parsed(None)
-
-
-class _Handoff(Generic[T]):
-    """A bounded queue from the reading thread to the writer; closing it stops the reader."""
-
-    def __init__(self, capacity: int) -> None:
-        self._cond = threading.Condition()
-        self._items: deque[T] = deque()
-        self._capacity = capacity
-        self.closed = threading.Event()
-
-    def put(self, item: T) -> bool:
-        """Queue ``item``, waiting for room; False (and dropped) once closed."""
-        with self._cond:
-            while len(self._items) >= self._capacity and not self.closed.is_set():
-                self._cond.wait()
-            if self.closed.is_set():
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get(self) -> T:
-        """The next item, waiting for one (the reading thread always ends with one)."""
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def close(self) -> None:
-        """Drop what is queued and refuse more: the writer has stopped."""
-        with self._cond:
-            self.closed.set()
-            self._items.clear()
-            self._cond.notify_all()
 
 
 def _chunks(
     reading: _Reading, chunk_size: int, stop: threading.Event | None
-) -> Generator[_Chunk, None, None]:
-    """The CSV (header first) as chunks of ~``chunk_size`` bytes cut after whole records.
-
-    A record longer than a chunk makes its chunk grow (doubling) until it holds the record,
-    up to MAX_ROW_BYTES. Stops early, without an error, once ``stop`` is set.
-    """
+) -> Generator[Chunk, None, None]:
+    """The CSV (header first) as chunks of whole records (see :func:`cut_chunks`)."""
     src, growing = reading.src, reading.growing
     with _reading(str(src)):
         source: io.RawIOBase = (
             open(src, "rb", buffering=0) if growing is None else growing.open()  # noqa: SIM115
         )
         with source:
-            carry: bytes | bytearray = b""  # the start of a record no chunk has held yet
-            carry_odd = False  # whether `carry` holds an odd number of quotes
-            offset = index = 0  # the file offset of carry[0], the next chunk's number
-            wanted = chunk_size
-            while True:
-                buffer = bytearray(len(carry) + wanted)
-                buffer[: len(carry)] = carry
-                filled = _fill(source, buffer, len(carry), stop)
-                if stop is not None and stop.is_set():
-                    return
-                if filled < len(buffer):  # the end of the file
-                    if filled:
-                        has_cr = buffer.find(b"\r", 0, filled) >= 0
-                        yield _Chunk(index, offset, pa.py_buffer(buffer)[:filled], has_cr)
-                    return
-                odd = carry_odd ^ (buffer.count(b'"', len(carry)) % 2 == 1)
-                cut = _last_record_end(buffer, len(carry), odd)
-                if cut is None:
-                    if len(buffer) > MAX_ROW_BYTES:
-                        raise ConversionError(
-                            str(src),
-                            f"a row of over {MAX_ROW_BYTES >> 20} MiB starts at byte offset "
-                            f"{offset}; rows over {MAX_ROW_BYTES >> 20} MiB are refused; select "
-                            "less text per row, e.g. substr(column, 1, 1000000)",
-                        )
-                    carry, carry_odd = buffer, odd
-                    wanted = len(buffer)  # double, so a long row is copied O(log n) times
-                    continue
-                has_cr = buffer.find(b"\r", 0, cut) >= 0
-                yield _Chunk(index, offset, pa.py_buffer(buffer)[:cut], has_cr)
-                # The cut sits at even parity, so the tail has the whole buffer's parity.
-                carry, carry_odd = bytes(memoryview(buffer)[cut:]), odd
-                offset += cut
-                index += 1
-                wanted = chunk_size
-
-
-def _fill(source: io.RawIOBase, buffer: bytearray, start: int, stop: threading.Event | None) -> int:
-    """Read into ``buffer[start:]`` until it is full or the file ends; return the bytes held."""
-    view = memoryview(buffer)
-    filled = start
-    with view:
-        while filled < len(view) and not (stop is not None and stop.is_set()):
-            got = source.readinto(view[filled:])
-            if not got:
-                break
-            filled += got
-    return filled
-
-
-def _last_record_end(data: bytearray, start: int, odd: bool) -> int | None:
-    """The index just past the last line feed outside quotes in ``data[start:]``, if any.
-
-    ``data[:start]`` holds no record end; ``odd`` says whether all of ``data`` holds an odd
-    number of quotes. Walks back from the end: a line feed with an odd number of quotes
-    before it is inside a quoted field, and so is every line feed back to the quote that
-    opened that field, so the walk jumps there. Each byte is looked at most twice.
-    """
-    end = len(data)
-    while True:
-        newline = data.rfind(b"\n", start, end)
-        if newline < 0:
-            return None
-        odd ^= data.count(b'"', newline, end) % 2 == 1  # now: the quotes before `newline`
-        if not odd:
-            return newline + 1
-        quote = data.rfind(b'"', start, newline)
-        if quote < 0:
-            return None
-        end, odd = quote, False  # one quote fewer than before `newline`: an even count
+            yield from cut_chunks(source, str(src), chunk_size, stop, max_row_bytes=MAX_ROW_BYTES)
 
 
 def _choose_columns(
@@ -823,7 +592,7 @@ def _chunk_failure(
     exc: BaseException,
     reading: _Reading,
     choices: Sequence[ColumnChoice],
-    chunk: _Chunk,
+    chunk: Chunk,
     rows_before: int,
 ) -> BaseException:
     """What to raise for ``exc`` from parsing ``chunk`` (``rows_before`` data rows precede it).
@@ -843,7 +612,7 @@ def _csv_failure(
     message: str,
     reading: _Reading,
     choices: Sequence[ColumnChoice],
-    chunk: _Chunk,
+    chunk: Chunk,
     rows_before: int,
 ) -> ConversionError:
     """The error to report for what pyarrow could not read in ``chunk``, located in the file."""
@@ -882,7 +651,7 @@ class _Located:
     the line number at the chunk's start is counted from the file once, when first needed.
     """
 
-    def __init__(self, reading: _Reading, chunk: _Chunk, rows_before: int, columns: int) -> None:
+    def __init__(self, reading: _Reading, chunk: Chunk, rows_before: int, columns: int) -> None:
         self._reading = reading
         self._chunk = chunk
         self._rows_before = rows_before

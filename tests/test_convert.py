@@ -6,7 +6,6 @@ import csv
 import io
 import os
 import random
-import sys
 import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -794,38 +793,8 @@ def test_failed_download_fails_the_conversion_and_stops_its_threads(
     assert converter_threads() == []
 
 
-def test_handoff_close_releases_a_waiting_producer() -> None:
-    """Closing the handoff makes a put waiting for room return False instead of blocking."""
-    handoff: convert._Handoff[int] = convert._Handoff(1)
-    assert handoff.put(1)
-    outcome: list[bool] = []
-    producer = threading.Thread(target=lambda: outcome.append(handoff.put(2)))
-    producer.start()
-    handoff.close()
-    producer.join()
-    assert outcome == [False]
-    assert not handoff.put(3)
-
-
 @pytest.mark.parametrize("block_size", range(1, 16))
 def test_crlf_inside_quotes_survives_any_block_boundary(tmp_path: Path, block_size: int) -> None:
     """A quoted CRLF keeps its LF wherever a read block ends (apache/arrow#51368)."""
     _, table = run(tmp_path, 'a,b\n1,"x\r\ny"\n2,"c\r\n\r\nd"\r\n3,e\n', block_size=block_size)
     assert table.column("b").to_pylist() == ["x\r\ny", "c\r\n\r\nd", "e"]
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
-def test_parsing_threads_run_at_lower_priority() -> None:
-    """A parsing thread lowers its own priority, leaving the caller's thread untouched."""
-    seen: list[int] = []
-
-    def parse_thread() -> None:
-        convert._deprioritize()
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=parse_thread)
-    thread.start()
-    thread.join()
-    assert seen == [min(mine + convert.PARSE_NICENESS, 19)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
